@@ -1,0 +1,115 @@
+//! The chunk cipher: AES-256-GCM with a fresh random 96-bit nonce per write, and a keyed hash
+//! (HMAC-SHA-256) for file names. Both subkeys are derived from the data key with HKDF-SHA-256
+//! under distinct labels, so the name key and the encryption key are independent.
+//!
+//! The implementation is aws-lc-rs, chosen by measurement (see `benches/benches/aead.rs` and
+//! `docs/CACHE_FORMAT.md`): it opens a 1 MiB chunk several times faster than `ring` and
+//! RustCrypto's `aes-gcm` on this machine kind.
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use aws_lc_rs::{hkdf, hmac};
+
+use super::keys::DataKey;
+use crate::key::{ChunkKey, ChunkName};
+
+/// Bytes of the GCM nonce.
+pub const NONCE_LEN: usize = 12;
+/// Bytes of the GCM tag.
+pub const TAG_LEN: usize = 16;
+
+const LABEL_AEAD: &[u8] = b"syncoxide cache v1 chunk aead";
+const LABEL_NAME: &[u8] = b"syncoxide cache v1 chunk name";
+
+/// Seals and opens chunks, and names them.
+pub struct ChunkCipher {
+    aead: LessSafeKey,
+    name_key: hmac::Key,
+}
+
+impl std::fmt::Debug for ChunkCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChunkCipher(<redacted>)")
+    }
+}
+
+struct Len(usize);
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+fn derive(data_key: &DataKey, label: &[u8]) -> zeroize::Zeroizing<[u8; 32]> {
+    let mut out = zeroize::Zeroizing::new([0u8; 32]);
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"").extract(data_key.expose());
+    let labels = [label];
+    // Expanding 32 bytes from SHA-256 HKDF cannot fail (the limit is 255 * 32 bytes).
+    if let Ok(okm) = prk.expand(&labels, Len(32)) {
+        let _ = okm.fill(&mut out[..]);
+    }
+    out
+}
+
+impl ChunkCipher {
+    pub fn new(data_key: &DataKey) -> Self {
+        let aead_key = derive(data_key, LABEL_AEAD);
+        let name_key = derive(data_key, LABEL_NAME);
+        // A 32-byte key is always the right length for AES-256-GCM.
+        let unbound = UnboundKey::new(&AES_256_GCM, &aead_key[..])
+            .unwrap_or_else(|_| unreachable!("AES-256-GCM takes a 32-byte key"));
+        ChunkCipher {
+            aead: LessSafeKey::new(unbound),
+            name_key: hmac::Key::new(hmac::HMAC_SHA256, &name_key[..]),
+        }
+    }
+
+    /// The on-disk name of `key`.
+    pub fn name(&self, key: &ChunkKey) -> ChunkName {
+        let mut buf = Vec::with_capacity(32 + key.object_id.as_bytes().len());
+        key.encode_into(&mut buf);
+        let tag = hmac::sign(&self.name_key, &buf);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&tag.as_ref()[..16]);
+        ChunkName(out)
+    }
+
+    /// Encrypts `buf` in place and returns the tag.
+    pub fn seal_in_place(&self, nonce: [u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+        let tag = self
+            .aead
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), buf)
+            .unwrap_or_else(|_| unreachable!("GCM seals any input shorter than 64 GiB"));
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Decrypts `ct_and_tag` in place; returns the plaintext length, or `None` if authentication
+    /// fails (the buffer content is then unspecified and must not be used).
+    pub fn open_in_place(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        ct_and_tag: &mut [u8],
+    ) -> Option<usize> {
+        self.aead
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), ct_and_tag)
+            .ok()
+            .map(|p| p.len())
+    }
+}
+
+/// A fresh random nonce. GCM with random 96-bit nonces stays within the 2^-32 collision bound for
+/// 2^32 writes under one key; a cache rewrites far fewer chunks than that in its life.
+pub fn random_nonce() -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    fill_random(&mut n);
+    n
+}
+
+/// Fills `buf` from the operating system's random source.
+pub fn fill_random(buf: &mut [u8]) {
+    // The system RNG does not fail on Linux once booted; if it ever does, panicking is the only
+    // safe answer (a predictable nonce or key must never be used).
+    aws_lc_rs::rand::fill(buf).unwrap_or_else(|_| panic!("the system random generator failed"));
+}
