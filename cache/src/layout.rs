@@ -54,7 +54,8 @@ impl ChunkState {
     pub fn is_evictable(self) -> bool {
         self == ChunkState::Clean
     }
-    pub(crate) fn from_flags(dirty: bool, user_pinned: bool) -> Self {
+    /// The state with these two flags.
+    pub fn from_flags(dirty: bool, user_pinned: bool) -> Self {
         match (dirty, user_pinned) {
             (false, false) => ChunkState::Clean,
             (true, false) => ChunkState::Dirty,
@@ -130,14 +131,20 @@ pub(crate) struct DirLock {
 
 pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| CacheError::io("open lock file", &path, e))?;
+    // Held read-only, so that the cache's file system can still be remounted read-only under a
+    // running cache (which then degrades instead of blocking the remount).
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match create_private(&path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(CacheError::io("create lock file", &path, e)),
+            }
+            File::open(&path).map_err(|e| CacheError::io("open lock file", &path, e))?
+        }
+        Err(e) => return Err(CacheError::io("open lock file", &path, e)),
+    };
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(DirLock { _file: file }),
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(CacheError::InUse {

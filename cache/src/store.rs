@@ -223,7 +223,8 @@ impl ChunkCache {
     pub fn open(config: CacheConfig, keys: &dyn KeySource) -> Result<Self> {
         let dir = config.dir.clone();
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).map_err(|e| CacheError::io("create directory", parent, e))?;
+            fs::create_dir_all(parent)
+                .map_err(|e| CacheError::io("create directory", parent, e))?;
         }
         layout::private_dir(&dir)?;
         let lock = layout::lock_dir(&dir)?;
@@ -381,8 +382,8 @@ impl ChunkCache {
     /// first if needed. Fails with `NoRoom` without evicting anything if pinned data leaves no
     /// room.
     fn reserve(&self, st: &mut State, bytes: u64, new_slots: u64) -> Result<u64> {
-        let dir_need = ((st.slots + new_slots) * DIRENT_CHARGE).div_ceil(self.block_size)
-            * self.block_size;
+        let dir_need =
+            ((st.slots + new_slots) * DIRENT_CHARGE).div_ceil(self.block_size) * self.block_size;
         let dir_growth = dir_need.saturating_sub(st.dir_charge);
         let need = bytes + dir_growth;
         let cap = self.capacity(st.used);
@@ -545,7 +546,13 @@ impl ChunkCache {
 
     /// Renames the written tmp file into place under the lock, deciding the final state from the
     /// entry as it is *now*.
-    fn commit(&self, name: ChunkName, kind: PutKind, tmp: &Path, reserved: u64) -> Result<PutOutcome> {
+    fn commit(
+        &self,
+        name: ChunkName,
+        kind: PutKind,
+        tmp: &Path,
+        reserved: u64,
+    ) -> Result<PutOutcome> {
         let mut st = self.lock();
         let old = st.entries.get(&name).copied();
         let old_state = old.map(|e| e.state);
@@ -555,7 +562,8 @@ impl ChunkCache {
             return self.keep_dirty(name, kind);
         }
         let dirty = kind == PutKind::Dirty;
-        let user_pinned = kind == PutKind::Pinned || old_state.is_some_and(ChunkState::is_user_pinned);
+        let user_pinned =
+            kind == PutKind::Pinned || old_state.is_some_and(ChunkState::is_user_pinned);
         let new_state = ChunkState::from_flags(dirty, user_pinned);
         let target = self.chunk_path(name, new_state);
         if let Err(e) = fs::rename(tmp, &target) {
@@ -636,7 +644,11 @@ impl ChunkCache {
     /// The upload of this chunk committed: it is clean now (still kept offline if pinned).
     pub fn mark_clean(&self, key: &ChunkKey) -> Result<()> {
         let name = self.cipher.name(key);
-        self.set_state(name, |s| ChunkState::from_flags(false, s.is_user_pinned()), false)
+        self.set_state(
+            name,
+            |s| ChunkState::from_flags(false, s.is_user_pinned()),
+            false,
+        )
     }
 
     /// Keeps this chunk offline until [`ChunkCache::unpin`]. Fails with `NotCached` if absent.
@@ -779,7 +791,12 @@ impl ChunkCache {
     }
 
     /// [`ChunkCache::put`] on the blocking pool.
-    pub async fn put_async(self: &Arc<Self>, key: ChunkKey, data: Bytes, kind: PutKind) -> Result<PutOutcome> {
+    pub async fn put_async(
+        self: &Arc<Self>,
+        key: ChunkKey,
+        data: Bytes,
+        kind: PutKind,
+    ) -> Result<PutOutcome> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.put(&key, &data, kind))
             .await
