@@ -11,8 +11,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// The passphrase (or key file) does not unlock this cache's data key. Nothing was changed.
-    #[error("wrong passphrase: it does not unlock the cache key in {path} (nothing was changed; try again, or wipe the cache to start over)")]
+    #[error("wrong passphrase (or key file): it does not unlock the cache key in {path} (nothing was changed; try again, or wipe the cache to start over)")]
     WrongPassphrase { path: PathBuf },
+
+    /// Argon2id parameters that this build refuses (too small, too large, inconsistent).
+    #[error("{reason}")]
+    InvalidKdfParams { reason: String },
 
     /// The cache was created with another kind of key source than the one given.
     #[error("the cache in {path} is locked with a {expected}, but a {given} was given")]
@@ -61,7 +65,9 @@ pub enum CacheError {
     NotCached,
 
     /// Another process has this cache directory open.
-    #[error("the cache directory {path} is in use by another process (is another mount using it?)")]
+    #[error(
+        "the cache directory {path} is in use by another process (is another mount using it?)"
+    )]
     InUse { path: PathBuf },
 
     /// A file system operation on the cache directory failed.

@@ -94,6 +94,11 @@ pub struct ChunkName(pub(crate) [u8; 16]);
 impl ChunkName {
     pub(crate) const HEX_LEN: usize = 32;
 
+    /// A name from raw bytes (for simulations of eviction policies and tools).
+    pub fn from_bytes(b: [u8; 16]) -> Self {
+        ChunkName(b)
+    }
+
     pub(crate) fn to_hex(self) -> String {
         let mut s = String::with_capacity(Self::HEX_LEN);
         for b in self.0 {
@@ -141,7 +146,11 @@ mod tests {
         let n = ChunkName([0xab; 16]);
         assert_eq!(ChunkName::from_hex(&n.to_hex()), Some(n));
         assert_eq!(ChunkName::from_hex("zz"), None);
-        assert_eq!(ChunkName::from_hex(&"A".repeat(32)), None, "upper case is not ours");
+        assert_eq!(
+            ChunkName::from_hex(&"A".repeat(32)),
+            None,
+            "upper case is not ours"
+        );
     }
 
     #[test]

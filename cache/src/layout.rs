@@ -101,7 +101,7 @@ pub(crate) fn private_dir(path: &Path) -> Result<()> {
                 return Err(CacheError::io(
                     "open directory",
                     path,
-                    io::Error::new(io::ErrorKind::Other, "exists and is not a directory"),
+                    io::Error::other("exists and is not a directory"),
                 ));
             }
             if md.mode() & 0o077 != 0 {

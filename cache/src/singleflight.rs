@@ -69,8 +69,7 @@ impl<K: Eq + Hash, V> Drop for Forget<'_, K, V> {
         let mut m = self.flights.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = m.get(self.key) {
             // Forget it when it is ours and either done, or nobody else holds it any more.
-            if Arc::ptr_eq(c, self.cell) && (self.cell.initialized() || Arc::strong_count(c) <= 2)
-            {
+            if Arc::ptr_eq(c, self.cell) && (self.cell.initialized() || Arc::strong_count(c) <= 2) {
                 m.remove(self.key);
             }
         }

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use cache::{CacheError, ChunkCache, ChunkKey, ChunkState, PutKind, PutOutcome};
+use cache::{CacheError, ChunkKey, ChunkState, PutKind, PutOutcome};
 use common::*;
 use proptest::prelude::*;
 

@@ -74,7 +74,12 @@ impl ChunkCipher {
     }
 
     /// Encrypts `buf` in place and returns the tag.
-    pub fn seal_in_place(&self, nonce: [u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+    pub fn seal_in_place(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> [u8; TAG_LEN] {
         let tag = self
             .aead
             .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), buf)
@@ -93,7 +98,11 @@ impl ChunkCipher {
         ct_and_tag: &mut [u8],
     ) -> Option<usize> {
         self.aead
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), ct_and_tag)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                ct_and_tag,
+            )
             .ok()
             .map(|p| p.len())
     }

@@ -157,8 +157,9 @@ impl KdfParams {
     /// - 64 MiB is as much memory as we can spend: the mount process must stay under 200 MiB
     ///   resident, and the derivation runs while the chunk cache and the file system are
     ///   starting. The memory is freed (after being zeroized) as soon as the key is derived.
-    /// - 3 passes bring one derivation to about 110 ms on the reference machine (release build):
-    ///   unnoticeable once per mount, yet every passphrase guess costs an attacker as much.
+    /// - 3 passes bring one derivation to about 110-170 ms on the project's 2-core machines
+    ///   (release build; debug builds take about 2 s): unnoticeable once per mount, yet every
+    ///   passphrase guess costs an attacker as much.
     /// - 4 lanes follow the RFC. The `argon2` crate computes them one after the other, so they do
     ///   not cost more threads, and a future parallel implementation stays compatible.
     pub const DEFAULT: KdfParams = KdfParams {
@@ -197,7 +198,9 @@ fn argon2_params(p: KdfParams) -> std::result::Result<Params, String> {
         )
     };
     if p.m_kib > MAX_M_KIB {
-        return Err(describe(&format!("memory above the limit of {MAX_M_KIB} KiB")));
+        return Err(describe(&format!(
+            "memory above the limit of {MAX_M_KIB} KiB"
+        )));
     }
     if p.t_cost > MAX_T_COST {
         return Err(describe(&format!("more than {MAX_T_COST} passes")));
@@ -374,14 +377,9 @@ impl WrapKey for Passphrase {
         }
     }
 
-    fn wrapping_key(&self, spec: &KdfSpec, dir: &Path) -> Result<WrappingKey> {
-        argon2id(self.secret.as_bytes(), &spec.salt, spec.params).map_err(|reason| {
-            CacheError::io(
-                "derive the key-wrapping key",
-                dir,
-                io::Error::new(io::ErrorKind::InvalidInput, reason),
-            )
-        })
+    fn wrapping_key(&self, spec: &KdfSpec, _dir: &Path) -> Result<WrappingKey> {
+        argon2id(self.secret.as_bytes(), &spec.salt, spec.params)
+            .map_err(|reason| CacheError::InvalidKdfParams { reason })
     }
 }
 
@@ -426,6 +424,12 @@ impl KeyFileSource {
     /// Reads and checks the file; returns the 32 key bytes.
     fn read_key(&self) -> Result<WrappingKey> {
         let path = &self.path;
+        // Looked at before opening too: opening a FIFO or a device could block or read forever.
+        match fs::metadata(path) {
+            Ok(meta) if !meta.is_file() => return Err(self.bad("it is not a regular file")),
+            Ok(_) => {}
+            Err(e) => return Err(CacheError::io("stat key file", path, e)),
+        }
         let mut file = File::open(path).map_err(|e| CacheError::io("open key file", path, e))?;
         // Checked on the open file, so the checks and the read see the same file.
         let meta = file
@@ -448,8 +452,8 @@ impl KeyFileSource {
             }
         }
         const WHAT_IT_MUST_BE: &str = "a key file must hold exactly 32 random bytes, or 64 hex \
-             characters optionally followed by a newline (create one with `syncoxide`'s key file \
-             generator, or `(umask 077; head -c 32 /dev/urandom > FILE)`)";
+             characters optionally followed by a newline (create one with \
+             `(umask 077; head -c 32 /dev/urandom > FILE)`)";
         let len = meta.len();
         if !matches!(len, 32 | 64 | 65 | 66) {
             return Err(self.bad(format!("it is {len} bytes long; {WHAT_IT_MUST_BE}")));
@@ -488,7 +492,9 @@ impl KeyFileSource {
             }
         }
         if key.0.iter().all(|&b| b == 0) {
-            return Err(self.bad(format!("it is all zero bytes, not a random key; {WHAT_IT_MUST_BE}")));
+            return Err(self.bad(format!(
+                "it is all zero bytes, not a random key; {WHAT_IT_MUST_BE}"
+            )));
         }
         Ok(key)
     }
@@ -603,7 +609,11 @@ fn encode(
     ciphertext.copy_from_slice(data_key.expose());
     let key = aead_key(wrapping);
     let tag = key
-        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), ciphertext)
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            ciphertext,
+        )
         .unwrap_or_else(|_| unreachable!("GCM seals 32 bytes"));
     rest[..TAG_LEN].copy_from_slice(tag.as_ref());
 
@@ -746,13 +756,7 @@ fn seal_with_source(
             spec.salt = salt;
         }
         // Refuse to write parameters that this build would later refuse to read.
-        argon2_params(spec.params).map_err(|reason| {
-            CacheError::io(
-                "create key file",
-                dir,
-                io::Error::new(io::ErrorKind::InvalidInput, reason),
-            )
-        })?;
+        argon2_params(spec.params).map_err(|reason| CacheError::InvalidKdfParams { reason })?;
     }
     let wrapping = source.wrapping_key(&spec, dir)?;
     Ok(encode(data_key, &spec, &wrapping, nonce))
@@ -778,6 +782,31 @@ pub fn encode_key_file_for_test(
 /// True if the cache directory `dir` has a key file (a cache was created there).
 pub fn key_file_exists(dir: &Path) -> bool {
     fs::symlink_metadata(dir.join(KEY_FILE_NAME)).is_ok()
+}
+
+/// What a key file says about itself, readable without any key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyFileInfo {
+    /// The [`KeySource::kind`] that unlocks it: `"passphrase"` or `"key file"` (so a front end
+    /// knows whether to prompt for a passphrase).
+    pub source_kind: &'static str,
+    /// The stored Argon2id parameters, for a passphrase-wrapped key (so a front end can offer to
+    /// re-wrap under stronger ones with [`change_key`]).
+    pub kdf_params: Option<KdfParams>,
+}
+
+/// Reads the header of the key file of `dir` and checks its structure and checksum (not the
+/// key: no KDF runs). Errors as [`unlock`] except the key errors.
+pub fn key_file_info(dir: &Path) -> Result<KeyFileInfo> {
+    let file = dir.join(KEY_FILE_NAME);
+    let parsed = parse(&read_key_file(&file)?, dir, &file)?;
+    Ok(KeyFileInfo {
+        source_kind: parsed.spec.kdf.source_kind(),
+        kdf_params: match parsed.spec.kdf {
+            Kdf::Argon2id => Some(parsed.spec.params),
+            Kdf::RawKey => None,
+        },
+    })
 }
 
 /// Unlocks the existing key file of `dir`, or creates one (with a new random data key) if there
@@ -927,8 +956,7 @@ fn write_key_file(dir: &Path, bytes: &[u8], erase_old: bool) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(CacheError::io("remove stale key file", &tmp, e)),
     }
-    let mut file =
-        create_private(&tmp).map_err(|e| CacheError::io("create key file", &tmp, e))?;
+    let mut file = create_private(&tmp).map_err(|e| CacheError::io("create key file", &tmp, e))?;
     let written = file.write_all(bytes).and_then(|()| file.sync_all());
     drop(file);
     if let Err(e) = written {
