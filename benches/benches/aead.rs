@@ -19,7 +19,8 @@ use criterion::{
 const KEY: [u8; 32] = [0x42; 32];
 /// A fixed nonce: reusing it is fine here, since nothing sealed is ever kept.
 const NONCE: [u8; 12] = [0x24; 12];
-/// Associated data of about the size of the cache's chunk header.
+/// Associated data of the size the cache's typically is: the 16-byte chunk header and the encoded
+/// chunk key (32 bytes plus the object id and version), see `cache/src/format.rs`.
 const AAD: [u8; 60] = [0x5a; 60];
 const TAG_LEN: usize = 16;
 const SIZES: [(usize, &str); 2] = [(64 * 1024, "64KiB"), (1024 * 1024, "1MiB")];

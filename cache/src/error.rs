@@ -70,6 +70,10 @@ pub enum CacheError {
     )]
     InUse { path: PathBuf },
 
+    /// A directory given as a cache is not one (refused before anything destructive).
+    #[error("{path} is not a syncoxide cache directory (no format marker or key file); nothing was deleted")]
+    NotACache { path: PathBuf },
+
     /// A file system operation on the cache directory failed.
     #[error("cache {op} failed on {path}: {source}")]
     Io {

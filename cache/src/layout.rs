@@ -154,6 +154,12 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock> {
     }
 }
 
+/// Whether `dir` looks like a cache directory (has the layout marker or a key file), so that a
+/// destructive operation never runs on a directory given by mistake.
+pub(crate) fn is_cache_dir(dir: &Path) -> bool {
+    dir.join(FORMAT_FILE).is_file() || dir.join(crate::crypto::keys::KEY_FILE_NAME).is_file()
+}
+
 /// Checks the layout marker, writing it for a new cache.
 pub(crate) fn check_format(dir: &Path) -> Result<()> {
     let path = dir.join(FORMAT_FILE);
@@ -218,6 +224,14 @@ pub(crate) struct Scan {
 /// file (a crash between writing the dirty file and removing the older one).
 pub(crate) fn scan(dir: &Path, block_size: u64) -> Result<Scan> {
     let mut repaired = 0;
+    // Leftovers of an atomic replace cut by a crash (the key file's own is the key module's).
+    for leftover in ["index.tmp", "format.tmp"] {
+        let p = dir.join(leftover);
+        if p.exists() {
+            remove_any(&p)?;
+            repaired += 1;
+        }
+    }
     let tmp = dir.join(TMP_DIR);
     for ent in fs::read_dir(&tmp).map_err(|e| CacheError::io("list", &tmp, e))? {
         let ent = ent.map_err(|e| CacheError::io("list", &tmp, e))?;

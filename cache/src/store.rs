@@ -38,9 +38,16 @@ use crate::layout::{self, ChunkState};
 
 /// Default largest chunk accepted (the drive's chunk size is configurable below this).
 pub const DEFAULT_MAX_CHUNK_SIZE: usize = 16 << 20;
-/// Bytes a chunk's directory entry is counted as (an ext4 entry for a 35-byte name is 44 bytes;
-/// the rest covers htree index blocks).
-const DIRENT_CHARGE: u64 = 64;
+/// Bytes of one directory entry for a chunk name (ext4: 8 + 35-byte name, rounded to 4).
+const DIRENT_BYTES: u64 = 44;
+
+/// Bytes the chunks directory may occupy with `entries` entries, counted conservatively: ext4
+/// turns a directory into an htree past one block (about 92 of our names) and splits leaves in
+/// half, so leaves are counted half full, plus a root and an index block.
+fn dir_bytes(entries: u64, block: u64) -> u64 {
+    let leaves = (entries * DIRENT_BYTES * 2).div_ceil(block).max(1);
+    (leaves + 2) * block
+}
 
 /// How big the cache may get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -382,8 +389,7 @@ impl ChunkCache {
     /// first if needed. Fails with `NoRoom` without evicting anything if pinned data leaves no
     /// room.
     fn reserve(&self, st: &mut State, bytes: u64, new_slots: u64) -> Result<u64> {
-        let dir_need =
-            ((st.slots + new_slots) * DIRENT_CHARGE).div_ceil(self.block_size) * self.block_size;
+        let dir_need = dir_bytes(st.slots + new_slots, self.block_size);
         let dir_growth = dir_need.saturating_sub(st.dir_charge);
         let need = bytes + dir_growth;
         let cap = self.capacity(st.used);
@@ -566,6 +572,11 @@ impl ChunkCache {
             kind == PutKind::Pinned || old_state.is_some_and(ChunkState::is_user_pinned);
         let new_state = ChunkState::from_flags(dirty, user_pinned);
         let target = self.chunk_path(name, new_state);
+        if !dirty && old.is_some_and(|o| o.state == new_state) {
+            // Replacing a file by rename makes ext4 flush the new data at once (auto_da_alloc),
+            // which cost 3x here; clean data may vanish on a crash, so unlink first instead.
+            let _ = fs::remove_file(&target);
+        }
         if let Err(e) = fs::rename(tmp, &target) {
             st.used -= reserved;
             st.slots -= 1;
@@ -774,6 +785,11 @@ impl ChunkCache {
     pub fn wipe(dir: &Path) -> Result<()> {
         if !dir.exists() {
             return Ok(());
+        }
+        if !layout::is_cache_dir(dir) {
+            return Err(CacheError::NotACache {
+                path: dir.to_path_buf(),
+            });
         }
         let lock = layout::lock_dir(dir)?;
         keys::destroy_key_file(dir)?;

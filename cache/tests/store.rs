@@ -297,8 +297,13 @@ fn eviction_is_least_recently_used_and_the_order_survives_a_restart() {
         c.usage().used_bytes + 8 * 104_000 + 8192
     };
     let keys: Vec<_> = (0..8).map(|i| key("o", "v", i)).collect();
+    let open_lru = |limit| {
+        let mut cfg = CacheConfig::new(d.path(), CacheLimit::bytes(limit));
+        cfg.eviction = EvictionKind::Lru;
+        ChunkCache::open(cfg, &pass()).unwrap()
+    };
     {
-        let c = open(d.path(), limit);
+        let c = open_lru(limit);
         for (i, k) in keys.iter().enumerate() {
             c.put(k, &data(i as u64, chunk), PutKind::Clean).unwrap();
         }
@@ -320,12 +325,11 @@ fn eviction_is_least_recently_used_and_the_order_survives_a_restart() {
 }
 
 #[test]
-fn sieve_policy_bounds_the_cache_too() {
+fn the_default_sieve_policy_keeps_a_hot_chunk_through_a_scan() {
     let d = tempfile::tempdir().unwrap();
     let limit = 1 << 20;
-    let mut cfg = CacheConfig::new(d.path(), CacheLimit::bytes(limit));
-    cfg.eviction = EvictionKind::Sieve;
-    let c = ChunkCache::open(cfg, &pass()).unwrap();
+    let c = open(d.path(), limit);
+    assert_eq!(EvictionKind::default(), EvictionKind::Sieve);
     for i in 0..100u64 {
         c.put(&key("o", "v", i), &data(i, 50_000), PutKind::Clean)
             .unwrap();

@@ -2,9 +2,10 @@
 //! (HMAC-SHA-256) for file names. Both subkeys are derived from the data key with HKDF-SHA-256
 //! under distinct labels, so the name key and the encryption key are independent.
 //!
-//! The implementation is aws-lc-rs, chosen by measurement (see `benches/benches/aead.rs` and
-//! `docs/CACHE_FORMAT.md`): it opens a 1 MiB chunk several times faster than `ring` and
-//! RustCrypto's `aes-gcm` on this machine kind.
+//! The implementation is aws-lc-rs, chosen by measurement (`benches/benches/aead.rs`, figures in
+//! `benches/AEAD_RESULTS.md`): on this machine kind it opens a 1 MiB chunk at ~15 GB/s on one
+//! core, ~1.4x `ring` and ~10x RustCrypto's `aes-gcm` (portable build), and ~5.5 GB/s even with
+//! VAES/AVX-512 masked off.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use aws_lc_rs::{hkdf, hmac};
