@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use crate::crypto::keys::{self, KeySource};
-use crate::crypto::ChunkCipher;
+use crate::crypto::{ChunkCipher, DataKey, NameHasher, RecordCipher};
 use crate::error::{CacheError, Result};
 use crate::evict::{EvictionKind, EvictionPolicy};
 use crate::format;
@@ -201,6 +201,7 @@ pub struct ChunkCache {
     chunks_dir: PathBuf,
     tmp_dir: PathBuf,
     cipher: ChunkCipher,
+    data_key: DataKey,
     limit: CacheLimit,
     max_chunk_size: usize,
     block_size: u64,
@@ -238,7 +239,6 @@ impl ChunkCache {
         layout::check_format(&dir)?;
         let data_key = keys::load_or_create(&dir, keys)?;
         let cipher = ChunkCipher::new(&data_key);
-        drop(data_key);
         let (chunks_dir, tmp_dir) = layout::paths(&dir);
         layout::private_dir(&chunks_dir)?;
         layout::private_dir(&tmp_dir)?;
@@ -299,6 +299,7 @@ impl ChunkCache {
             chunks_dir,
             tmp_dir,
             cipher,
+            data_key,
             limit: config.limit,
             max_chunk_size: config.max_chunk_size,
             block_size,
@@ -736,6 +737,48 @@ impl ChunkCache {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A cipher for records stored beside the cache (WAL, namespace), under a subkey of this
+    /// cache's data key that is distinct per `purpose`.
+    pub fn record_cipher(&self, purpose: &str) -> RecordCipher {
+        RecordCipher::new(&self.data_key, purpose)
+    }
+
+    /// A keyed hash for names stored beside the cache, distinct per `purpose`.
+    pub fn name_hasher(&self, purpose: &str) -> NameHasher {
+        NameHasher::new(&self.data_key, purpose)
+    }
+
+    /// The on-disk name of `key`'s chunk.
+    pub fn name_of(&self, key: &ChunkKey) -> ChunkName {
+        self.cipher.name(key)
+    }
+
+    /// Removes every dirty chunk whose name `keep` rejects. After a crash, the owner of the
+    /// dirty data (the write-ahead log) knows which dirty chunks a committed record references;
+    /// the others were written but never committed (never fsync'd or closed) and are garbage.
+    /// Returns how many were removed.
+    pub fn retain_dirty(&self, mut keep: impl FnMut(&ChunkName) -> bool) -> Result<usize> {
+        let mut st = self.lock();
+        let doomed: Vec<(ChunkName, Entry)> = st
+            .entries
+            .iter()
+            .filter(|(n, e)| e.state.is_dirty() && !keep(n))
+            .map(|(n, e)| (*n, *e))
+            .collect();
+        for (name, e) in &doomed {
+            let path = self.chunk_path(*name, e.state);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(CacheError::io("remove chunk", path, err)),
+            }
+            st.take(name);
+            st.used -= e.charge;
+            st.slots -= 1;
+        }
+        Ok(doomed.len())
     }
 
     /// Persists the eviction order (done on drop too). Skipped, not failed, when the cache is

@@ -541,3 +541,19 @@ async fn concurrent_misses_of_one_chunk_cause_one_fetch() {
     }
     assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[test]
+fn retain_dirty_drops_only_unreferenced_dirty_chunks() {
+    let d = tempfile::tempdir().unwrap();
+    let c = open(d.path(), 8 << 20);
+    let (keep, drop_me, clean) = (key("o", "l1", 0), key("o", "l2", 0), key("o", "r1", 0));
+    c.put(&keep, b"committed", PutKind::Dirty).unwrap();
+    c.put(&drop_me, b"never committed", PutKind::Dirty).unwrap();
+    c.put(&clean, b"fetched", PutKind::Clean).unwrap();
+    let wanted = c.name_of(&keep);
+    assert_eq!(c.retain_dirty(|n| *n == wanted).unwrap(), 1);
+    assert_eq!(c.state(&keep), Some(ChunkState::Dirty));
+    assert_eq!(c.state(&drop_me), None);
+    assert_eq!(c.state(&clean), Some(ChunkState::Clean));
+    assert_eq!(c.usage().dirty_chunks, 1);
+}

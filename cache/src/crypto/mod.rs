@@ -4,5 +4,5 @@
 pub mod cipher;
 pub mod keys;
 
-pub use cipher::ChunkCipher;
+pub use cipher::{ChunkCipher, NameHasher, RecordCipher};
 pub use keys::{DataKey, KdfParams, KeyFileSource, KeySource, Passphrase};
