@@ -750,6 +750,26 @@ impl ChunkCache {
         NameHasher::new(&self.data_key, purpose)
     }
 
+    /// Counts `bytes` of a file kept in the cache directory by someone else (the WAL, the
+    /// namespace snapshot) against the limit, evicting clean chunks to make room, *before* the
+    /// caller writes them. `NoRoom` when pinned data leaves no room.
+    pub fn charge_external(&self, bytes: u64) -> Result<()> {
+        let mut st = self.lock();
+        self.reserve(&mut st, bytes, 0).map(|_| ())
+    }
+
+    /// Stops counting `bytes` charged with [`ChunkCache::charge_external`] (the file shrank or
+    /// was removed).
+    pub fn release_external(&self, bytes: u64) {
+        let mut st = self.lock();
+        st.used = st.used.saturating_sub(bytes);
+    }
+
+    /// The block size the cache counts in (file sizes are rounded up to it).
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
     /// The on-disk name of `key`'s chunk.
     pub fn name_of(&self, key: &ChunkKey) -> ChunkName {
         self.cipher.name(key)

@@ -557,3 +557,30 @@ fn retain_dirty_drops_only_unreferenced_dirty_chunks() {
     assert_eq!(c.state(&clean), Some(ChunkState::Clean));
     assert_eq!(c.usage().dirty_chunks, 1);
 }
+
+#[test]
+fn external_files_are_charged_and_make_room_by_evicting() {
+    let d = tempfile::tempdir().unwrap();
+    let limit = 2 << 20;
+    let c = open(d.path(), limit);
+    for i in 0..15u64 {
+        c.put(&key("o", "v", i), &data(i, 100_000), PutKind::Clean)
+            .unwrap();
+    }
+    let before = c.usage().used_bytes;
+    c.charge_external(1 << 20).unwrap();
+    assert!(c.usage().used_bytes <= limit);
+    assert!(
+        c.stats().evictions > 0,
+        "room was made by evicting clean chunks"
+    );
+    c.put(&key("d", "v", 0), &data(1, 100_000), PutKind::Dirty)
+        .unwrap();
+    c.pin(&key("d", "v", 0)).unwrap();
+    assert!(matches!(
+        c.charge_external(limit),
+        Err(CacheError::NoRoom { .. })
+    ));
+    c.release_external(1 << 20);
+    assert!(c.usage().used_bytes < before + 200_000);
+}
