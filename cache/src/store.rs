@@ -97,6 +97,9 @@ pub enum PutKind {
     /// Written locally and not on the provider yet: durable before `put` returns, pinned until
     /// [`ChunkCache::mark_clean`].
     Dirty,
+    /// As `Dirty`, but not fsync'd: the caller keeps a durable copy elsewhere (the WAL carries
+    /// small files inline) and restores the chunk from it after a crash.
+    DirtyUnsynced,
 }
 
 /// What a put did.
@@ -502,7 +505,8 @@ impl ChunkCache {
             });
         }
         let name = self.cipher.name(key);
-        let dirty = kind == PutKind::Dirty;
+        let dirty = matches!(kind, PutKind::Dirty | PutKind::DirtyUnsynced);
+        let durable = kind == PutKind::Dirty;
         if !dirty {
             if !self.health.allow_optional_write() {
                 return Ok(PutOutcome::SkippedUnhealthy);
@@ -519,7 +523,7 @@ impl ChunkCache {
         };
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self.tmp_dir.join(format!("{}.{seq}", name.to_hex()));
-        if let Err(e) = self.write_tmp(&tmp, &sealed, dirty) {
+        if let Err(e) = self.write_tmp(&tmp, &sealed, durable) {
             let _ = fs::remove_file(&tmp);
             self.release(reserved, 1);
             self.health.report_failure("write chunk", &e);
@@ -530,7 +534,7 @@ impl ChunkCache {
             let _ = fs::remove_file(&tmp);
         }
         let outcome = outcome?;
-        if dirty {
+        if durable {
             if let Err(e) = layout::fsync_dir(&self.chunks_dir) {
                 self.health.report_failure("fsync chunk directory", &e);
                 return Err(CacheError::io("fsync", &self.chunks_dir, e));
@@ -563,12 +567,12 @@ impl ChunkCache {
         let mut st = self.lock();
         let old = st.entries.get(&name).copied();
         let old_state = old.map(|e| e.state);
-        if kind != PutKind::Dirty && old_state.is_some_and(ChunkState::is_dirty) {
+        let dirty = matches!(kind, PutKind::Dirty | PutKind::DirtyUnsynced);
+        if !dirty && old_state.is_some_and(ChunkState::is_dirty) {
             drop(st);
             self.release(reserved, 1);
             return self.keep_dirty(name, kind);
         }
-        let dirty = kind == PutKind::Dirty;
         let user_pinned =
             kind == PutKind::Pinned || old_state.is_some_and(ChunkState::is_user_pinned);
         let new_state = ChunkState::from_flags(dirty, user_pinned);

@@ -1,7 +1,16 @@
 //! The VFS core of syncoxide: namespace, providers, read path, write-back WAL and reconciler.
 //!
 //! It knows nothing of FUSE, WinFSP or errno; the adapters (`fs-unix`, `fs-windows`) translate.
-//! This crate is filled by the drive issue; today it only fixes the dependency direction
-//! `fs-core → cache`.
+#![warn(clippy::unwrap_used)]
+
+pub mod config;
+pub mod content;
+pub mod error;
+pub mod journal;
+pub mod namespace;
+pub mod provider;
+pub mod types;
 
 pub use cache;
+pub use error::{FsError, FsResult};
+pub use types::*;

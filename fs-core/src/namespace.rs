@@ -1,0 +1,432 @@
+//! The namespace: every known node (file, directory, symlink) with its name, parent, attributes,
+//! content map and what the provider is known to have for it. Stable node ids, persisted in
+//! checkpoints (snapshot.rs) and rebuilt after a crash by replaying the journal.
+//!
+//! Held behind one mutex in the VFS, never across an await. Directories remember when they were
+//! last listed from the provider; a listing is merged without undoing local changes that are
+//! still queued (see `merge_listing`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Instant, SystemTime};
+
+use cache::{ObjectId, Version};
+
+use crate::content::Content;
+use crate::provider::{EntryKind, RemoteEntry, RemotePath};
+use crate::types::{FileKind, NodeId};
+
+/// What the provider is known to hold for a node, at its current path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteState {
+    pub version: Version,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub id: NodeId,
+    pub generation: u64,
+    pub parent: NodeId,
+    pub name: String,
+    pub kind: FileKind,
+    pub perm: u16,
+    pub mtime: SystemTime,
+    pub atime: SystemTime,
+    pub ctime: SystemTime,
+    /// Files: where the bytes come from.
+    pub content: Content,
+    /// Symlinks: the target.
+    pub target: Option<String>,
+    /// What the provider has at this node's path; `None`: not on the provider (yet).
+    pub remote: Option<RemoteState>,
+    /// Directories: children by name, once known.
+    pub children: Option<BTreeMap<String, NodeId>>,
+    /// When the children were last refreshed from the provider (not persisted).
+    pub listed_at: Option<Instant>,
+    /// Journal records about this node not yet applied to the provider.
+    pub pending: u32,
+    /// Written since the last commit (close/fsync makes a commit).
+    pub dirty: bool,
+    /// Open file handles (not persisted).
+    pub open: u32,
+    /// Removed from its directory while open: kept until the last handle closes.
+    pub orphan: bool,
+    /// Version of the content the kernel may have cached pages of (for keep_cache).
+    pub cached_version: Option<u64>,
+}
+
+impl Node {
+    pub fn object_id(&self) -> ObjectId {
+        ObjectId::from(format!("n{}.{}", self.id.0, self.generation))
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == FileKind::Dir
+    }
+}
+
+/// The node table.
+#[derive(Debug)]
+pub struct Namespace {
+    pub nodes: HashMap<NodeId, Node>,
+    pub next_id: u64,
+    /// Paths whose removal (unlink, rmdir, rename away) is queued but not applied yet: a listing
+    /// that still shows them must not bring them back.
+    pub tombstones: HashMap<RemotePath, u32>,
+}
+
+impl Namespace {
+    pub fn new(now: SystemTime) -> Self {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            NodeId::ROOT,
+            Node {
+                id: NodeId::ROOT,
+                generation: 0,
+                parent: NodeId::ROOT,
+                name: String::new(),
+                kind: FileKind::Dir,
+                perm: 0o755,
+                mtime: now,
+                atime: now,
+                ctime: now,
+                content: Content::default(),
+                target: None,
+                remote: None,
+                children: None,
+                listed_at: None,
+                pending: 0,
+                dirty: false,
+                open: 0,
+                orphan: false,
+                cached_version: None,
+            },
+        );
+        Namespace {
+            nodes,
+            next_id: 2,
+            tombstones: HashMap::new(),
+        }
+    }
+
+    pub fn get(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: NodeId) -> Option<&mut Node> {
+        self.nodes.get_mut(&id)
+    }
+
+    pub fn child(&self, parent: NodeId, name: &str) -> Option<NodeId> {
+        self.nodes
+            .get(&parent)?
+            .children
+            .as_ref()?
+            .get(name)
+            .copied()
+    }
+
+    /// The provider path of `id` (walks up to the root).
+    pub fn path_of(&self, id: NodeId) -> Option<RemotePath> {
+        let mut names = Vec::new();
+        let mut cur = id;
+        while cur != NodeId::ROOT {
+            let n = self.nodes.get(&cur)?;
+            if n.orphan {
+                return None;
+            }
+            names.push(n.name.as_str());
+            cur = n.parent;
+        }
+        let mut p = RemotePath::root();
+        for name in names.iter().rev() {
+            p = p.join(name)?;
+        }
+        Some(p)
+    }
+
+    /// The node at `path`, if known.
+    pub fn resolve(&self, path: &RemotePath) -> Option<NodeId> {
+        let mut cur = NodeId::ROOT;
+        if path.is_root() {
+            return Some(cur);
+        }
+        for name in path.as_str().split('/') {
+            cur = self.child(cur, name)?;
+        }
+        Some(cur)
+    }
+
+    /// Allocates a node id (never reused: ids only grow).
+    pub fn alloc_id(&mut self) -> NodeId {
+        let id = NodeId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    /// Adds `node` under its parent (which must be a listed directory).
+    pub fn insert(&mut self, node: Node) {
+        let (parent, name, id) = (node.parent, node.name.clone(), node.id);
+        self.next_id = self.next_id.max(id.0 + 1);
+        self.nodes.insert(id, node);
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.children
+                .get_or_insert_with(BTreeMap::new)
+                .insert(name, id);
+        }
+    }
+
+    /// Detaches `id` from its directory. The node is dropped unless it is open (then it becomes
+    /// an orphan until released). Directories are dropped with their (known) subtree.
+    pub fn detach(&mut self, id: NodeId) {
+        let Some(n) = self.nodes.get(&id) else { return };
+        let (parent, name) = (n.parent, n.name.clone());
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            if let Some(c) = p.children.as_mut() {
+                if c.get(&name) == Some(&id) {
+                    c.remove(&name);
+                }
+            }
+        }
+        self.drop_subtree(id);
+    }
+
+    fn drop_subtree(&mut self, id: NodeId) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if n.open > 0 {
+            n.orphan = true;
+            return;
+        }
+        let children: Vec<NodeId> = n
+            .children
+            .as_ref()
+            .map(|c| c.values().copied().collect())
+            .unwrap_or_default();
+        self.nodes.remove(&id);
+        for c in children {
+            self.drop_subtree(c);
+        }
+    }
+
+    /// Moves `id` to `new_parent/new_name` (the target slot must be free).
+    pub fn move_node(&mut self, id: NodeId, new_parent: NodeId, new_name: &str) {
+        let Some(n) = self.nodes.get(&id) else { return };
+        let (old_parent, old_name) = (n.parent, n.name.clone());
+        if let Some(p) = self.nodes.get_mut(&old_parent) {
+            if let Some(c) = p.children.as_mut() {
+                c.remove(&old_name);
+            }
+        }
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.parent = new_parent;
+            n.name = new_name.to_string();
+        }
+        if let Some(p) = self.nodes.get_mut(&new_parent) {
+            p.children
+                .get_or_insert_with(BTreeMap::new)
+                .insert(new_name.to_string(), id);
+        }
+    }
+
+    /// Whether `ancestor` is `id` or one of its ancestors.
+    pub fn is_ancestor(&self, ancestor: NodeId, id: NodeId) -> bool {
+        let mut cur = id;
+        loop {
+            if cur == ancestor {
+                return true;
+            }
+            if cur == NodeId::ROOT {
+                return false;
+            }
+            match self.nodes.get(&cur) {
+                Some(n) => cur = n.parent,
+                None => return false,
+            }
+        }
+    }
+
+    pub fn add_tombstone(&mut self, path: RemotePath) {
+        *self.tombstones.entry(path).or_insert(0) += 1;
+    }
+
+    pub fn remove_tombstone(&mut self, path: &RemotePath) {
+        if let Some(n) = self.tombstones.get_mut(path) {
+            *n -= 1;
+            if *n == 0 {
+                self.tombstones.remove(path);
+            }
+        }
+    }
+
+    fn tombstoned(&self, path: &RemotePath) -> bool {
+        self.tombstones.keys().any(|t| path.starts_with(t))
+    }
+
+    /// A node for a provider entry, under `parent`.
+    pub fn node_from_remote(&mut self, parent: NodeId, e: &RemoteEntry) -> Node {
+        let id = self.alloc_id();
+        let kind = match e.kind {
+            EntryKind::File => FileKind::File,
+            EntryKind::Dir => FileKind::Dir,
+            EntryKind::Symlink => FileKind::Symlink,
+        };
+        let default_perm = if kind == FileKind::Dir { 0o755 } else { 0o644 };
+        Node {
+            id,
+            generation: 0,
+            parent,
+            name: e.name.clone(),
+            kind,
+            perm: e.mode.map(|m| (m & 0o7777) as u16).unwrap_or(default_perm),
+            mtime: e.mtime,
+            atime: e.mtime,
+            ctime: e.mtime,
+            content: if kind == FileKind::File {
+                Content::remote(e.version.clone(), e.size)
+            } else {
+                Content::default()
+            },
+            target: e.symlink_target.clone(),
+            remote: Some(RemoteState {
+                version: e.version.clone(),
+                size: e.size,
+            }),
+            children: None,
+            listed_at: None,
+            pending: 0,
+            dirty: false,
+            open: 0,
+            orphan: false,
+            cached_version: None,
+        }
+    }
+
+    /// Merges a full listing of directory `dir` from the provider. Local changes still queued
+    /// win: nodes with pending records or local modifications are kept as they are, and names
+    /// whose removal is queued are not brought back. Returns the nodes whose content changed
+    /// remotely (the kernel's caches of them must be invalidated) and those that vanished.
+    pub fn merge_listing(
+        &mut self,
+        dir: NodeId,
+        entries: Vec<RemoteEntry>,
+        now: Instant,
+    ) -> MergeOutcome {
+        let mut out = MergeOutcome::default();
+        let Some(dir_path) = self.path_of(dir) else {
+            return out;
+        };
+        let mut seen = HashSet::new();
+        for e in entries {
+            seen.insert(e.name.clone());
+            let Some(path) = dir_path.join(&e.name) else {
+                continue;
+            };
+            match self.child(dir, &e.name) {
+                Some(id) => {
+                    let Some(n) = self.nodes.get_mut(&id) else {
+                        continue;
+                    };
+                    if n.pending > 0
+                        || n.dirty
+                        || n.content.is_modified() && n.kind == FileKind::File
+                    {
+                        continue;
+                    }
+                    let same_kind = matches!(
+                        (n.kind, e.kind),
+                        (FileKind::File, EntryKind::File)
+                            | (FileKind::Dir, EntryKind::Dir)
+                            | (FileKind::Symlink, EntryKind::Symlink)
+                    );
+                    if !same_kind {
+                        self.detach(id);
+                        out.vanished.push((dir, e.name.clone(), id));
+                        let node = self.node_from_remote(dir, &e);
+                        self.insert(node);
+                        continue;
+                    }
+                    let changed = n.remote.as_ref().map(|r| &r.version) != Some(&e.version);
+                    if changed && n.kind == FileKind::File {
+                        n.content = Content::remote(e.version.clone(), e.size);
+                        n.cached_version = None;
+                        out.changed.push(id);
+                    }
+                    n.remote = Some(RemoteState {
+                        version: e.version.clone(),
+                        size: e.size,
+                    });
+                    n.mtime = e.mtime;
+                    if let Some(m) = e.mode {
+                        n.perm = (m & 0o7777) as u16;
+                    }
+                    if n.kind == FileKind::Symlink {
+                        n.target = e.symlink_target.clone();
+                    }
+                }
+                None => {
+                    if self.tombstoned(&path) {
+                        continue;
+                    }
+                    let node = self.node_from_remote(dir, &e);
+                    self.insert(node);
+                }
+            }
+        }
+        let gone: Vec<(String, NodeId)> = self
+            .nodes
+            .get(&dir)
+            .and_then(|d| d.children.as_ref())
+            .map(|c| {
+                c.iter()
+                    .filter(|(name, _)| !seen.contains(*name))
+                    .map(|(n, id)| (n.clone(), *id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (name, id) in gone {
+            let Some(n) = self.nodes.get(&id) else {
+                continue;
+            };
+            // Only what is known to be on the provider, unchanged and with nothing queued, was
+            // deleted there. A node never uploaded is local, not gone.
+            if n.remote.is_none()
+                || n.pending > 0
+                || n.dirty
+                || n.content.is_modified() && n.kind == FileKind::File
+            {
+                continue;
+            }
+            if n.kind == FileKind::Dir && self.subtree_has_local_changes(id) {
+                continue;
+            }
+            self.detach(id);
+            out.vanished.push((dir, name, id));
+        }
+        if let Some(d) = self.nodes.get_mut(&dir) {
+            d.children.get_or_insert_with(BTreeMap::new);
+            d.listed_at = Some(now);
+        }
+        out
+    }
+
+    fn subtree_has_local_changes(&self, id: NodeId) -> bool {
+        let Some(n) = self.nodes.get(&id) else {
+            return false;
+        };
+        if n.pending > 0 || n.dirty || (n.kind == FileKind::File && n.content.is_modified()) {
+            return true;
+        }
+        n.children
+            .as_ref()
+            .is_some_and(|c| c.values().any(|&c| self.subtree_has_local_changes(c)))
+    }
+}
+
+/// What a merge changed.
+#[derive(Debug, Default)]
+pub struct MergeOutcome {
+    pub changed: Vec<NodeId>,
+    pub vanished: Vec<(NodeId, String, NodeId)>,
+}

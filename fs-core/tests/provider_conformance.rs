@@ -1,0 +1,1402 @@
+//! Provider conformance: one library of scenarios, each an async fn over a [`Backing`] (a
+//! provider plus a way to see and change its backing state behind its back), run against both
+//! `LocalProvider` (on a temporary folder) and `MemoryProvider` (also with a page size of 2), so
+//! that the in-memory test double behaves like the real thing. Local-only behaviour (unreachable
+//! root, a file changed by another program mid-read, cancelled writes, hidden temporary files)
+//! is tested at the end.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fs_core::provider::local::{LocalProvider, TMP_PREFIX};
+use fs_core::provider::memory::MemoryProvider;
+use fs_core::provider::{
+    collect, once, ByteStream, EntryKind, ObjectAttrs, Precondition, Provider, ProviderError,
+    RemoteEntry, RemotePath, Version,
+};
+use futures::StreamExt;
+
+// ---------------------------------------------------------------------------------------------
+// Backings
+
+/// A provider under test and its backing state.
+trait Backing: Send + Sync {
+    fn provider(&self) -> &dyn Provider;
+    /// The bytes of the file at `path` in the backing store, if a file is there.
+    fn file(&self, path: &str) -> Option<Vec<u8>>;
+    /// Whether anything is at `path` in the backing store.
+    fn exists(&self, path: &str) -> bool;
+    /// Every name in directory `dir` of the backing store, hidden ones included.
+    fn raw_names(&self, dir: &str) -> Vec<String>;
+    /// Behind the provider's back: puts a file (parents must exist).
+    fn put_file(&self, path: &str, data: &[u8]);
+    /// The provider's list page size, if it pages.
+    fn page_size(&self) -> Option<usize>;
+}
+
+struct Local {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    provider: LocalProvider,
+}
+
+impl Local {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("remote");
+        std::fs::create_dir(&root).unwrap();
+        let provider = LocalProvider::new(root.clone()).unwrap();
+        Local {
+            _tmp: tmp,
+            root,
+            provider,
+        }
+    }
+
+    fn abs(&self, path: &str) -> PathBuf {
+        self.root.join(path)
+    }
+}
+
+impl Backing for Local {
+    fn provider(&self) -> &dyn Provider {
+        &self.provider
+    }
+    fn file(&self, path: &str) -> Option<Vec<u8>> {
+        let p = self.abs(path);
+        let md = std::fs::symlink_metadata(&p).ok()?;
+        md.is_file().then(|| std::fs::read(&p).unwrap())
+    }
+    fn exists(&self, path: &str) -> bool {
+        std::fs::symlink_metadata(self.abs(path)).is_ok()
+    }
+    fn raw_names(&self, dir: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.abs(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+    fn put_file(&self, path: &str, data: &[u8]) {
+        std::fs::write(self.abs(path), data).unwrap();
+    }
+    fn page_size(&self) -> Option<usize> {
+        None
+    }
+}
+
+struct Memory {
+    provider: MemoryProvider,
+}
+
+impl Memory {
+    fn new() -> Self {
+        Memory {
+            provider: MemoryProvider::new(),
+        }
+    }
+    fn paged() -> Self {
+        Memory {
+            provider: MemoryProvider::with_page_size(2),
+        }
+    }
+}
+
+impl Backing for Memory {
+    fn provider(&self) -> &dyn Provider {
+        &self.provider
+    }
+    fn file(&self, path: &str) -> Option<Vec<u8>> {
+        self.provider.file(path)
+    }
+    fn exists(&self, path: &str) -> bool {
+        self.provider.snapshot().contains_key(path)
+    }
+    fn raw_names(&self, dir: &str) -> Vec<String> {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        self.provider
+            .snapshot()
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .filter(|rest| !rest.is_empty() && !rest.contains('/'))
+            .map(str::to_string)
+            .collect()
+    }
+    fn put_file(&self, path: &str, data: &[u8]) {
+        self.provider.put_file(path, data);
+    }
+    fn page_size(&self) -> Option<usize> {
+        Some(self.provider.page_size())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn rp(s: &str) -> RemotePath {
+    RemotePath::parse(s).unwrap()
+}
+
+/// Deterministic test data.
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8 ^ seed)
+        .collect()
+}
+
+/// `data` as a stream of chunks of `chunk` bytes.
+fn body(data: &[u8], chunk: usize) -> ByteStream {
+    let pieces: Vec<Result<Bytes, ProviderError>> = data
+        .chunks(chunk.max(1))
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    Box::pin(futures::stream::iter(pieces))
+}
+
+async fn put(p: &dyn Provider, path: &str, bytes: &[u8]) -> RemoteEntry {
+    p.write(
+        &rp(path),
+        body(bytes, 100_000),
+        bytes.len() as u64,
+        Precondition::None,
+        ObjectAttrs::default(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn read_all(p: &dyn Provider, path: &str, v: &Version) -> Vec<u8> {
+    collect(p.read(&rp(path), v, 0, u64::MAX).await.unwrap())
+        .await
+        .unwrap()
+}
+
+async fn read_range(p: &dyn Provider, path: &str, v: &Version, off: u64, len: u64) -> Vec<u8> {
+    collect(p.read(&rp(path), v, off, len).await.unwrap())
+        .await
+        .unwrap()
+}
+
+/// Every page of a listing, checking the page size.
+async fn list_all(h: &dyn Backing, dir: &str) -> Vec<RemoteEntry> {
+    let mut out = Vec::new();
+    let mut page = None;
+    let mut pages = 0;
+    loop {
+        let got = h.provider().list(&rp(dir), page).await.unwrap();
+        if let Some(n) = h.page_size() {
+            assert!(
+                got.entries.len() <= n,
+                "page of {} > {n}",
+                got.entries.len()
+            );
+        }
+        out.extend(got.entries);
+        pages += 1;
+        assert!(pages < 1000, "endless listing");
+        match got.next {
+            Some(t) => page = Some(t),
+            None => break,
+        }
+    }
+    out
+}
+
+fn names(entries: &[RemoteEntry]) -> Vec<String> {
+    let mut v: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+    v.sort();
+    v
+}
+
+fn no_tmp_left(h: &dyn Backing, dir: &str) {
+    let stray: Vec<String> = h
+        .raw_names(dir)
+        .into_iter()
+        .filter(|n| n.starts_with(TMP_PREFIX))
+        .collect();
+    assert!(stray.is_empty(), "temporary files left behind: {stray:?}");
+}
+
+/// A body that yields `first` and then fails (or ends) — for failed writes.
+fn short_body(first: &[u8]) -> ByteStream {
+    once(Bytes::copy_from_slice(first))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+async fn write_stat_read_round_trip(h: &dyn Backing) {
+    let p = h.provider();
+    for (name, len) in [("empty", 0usize), ("small", 1234), ("big", 3 << 20)] {
+        let bytes = data(len, 1);
+        let written = p
+            .write(
+                &rp(name),
+                body(&bytes, 64 * 1024 + 7),
+                len as u64,
+                Precondition::None,
+                ObjectAttrs::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(written.name, name);
+        assert_eq!(written.kind, EntryKind::File);
+        assert_eq!(written.size, len as u64);
+        let st = p.stat(&rp(name)).await.unwrap();
+        assert_eq!(
+            st, written,
+            "stat right after write reports the written entry"
+        );
+        assert_eq!(read_all(p, name, &st.version).await, bytes);
+        assert_eq!(h.file(name).unwrap(), bytes);
+    }
+    // A nested file and a write with attributes.
+    p.mkdir(&rp("d")).await.unwrap();
+    let mtime = UNIX_EPOCH + Duration::new(1_000_000_000, 123_456_789);
+    let e = p
+        .write(
+            &rp("d/f"),
+            body(b"hello", 2),
+            5,
+            Precondition::None,
+            ObjectAttrs {
+                mode: Some(0o640),
+                mtime: Some(mtime),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.mode, Some(0o640));
+    assert_eq!(e.mtime, mtime);
+    assert_eq!(p.stat(&rp("d/f")).await.unwrap(), e);
+    assert_eq!(h.file("d/f").unwrap(), b"hello");
+    // Rewritten without a mode: the mode stays.
+    let e = p
+        .write(
+            &rp("d/f"),
+            body(b"hello again", 4),
+            11,
+            Precondition::None,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.mode, Some(0o640));
+    assert_ne!(e.mtime, mtime);
+    no_tmp_left(h, "");
+    no_tmp_left(h, "d");
+}
+
+async fn ranged_reads(h: &dyn Backing) {
+    let p = h.provider();
+    let bytes = data(200_000, 2);
+    let e = put(p, "f", &bytes).await;
+    let v = &e.version;
+    let size = bytes.len() as u64;
+    assert_eq!(
+        read_range(p, "f", v, size - 10, 100).await,
+        &bytes[bytes.len() - 10..]
+    );
+    assert_eq!(
+        read_range(p, "f", v, size - 10, 10).await,
+        &bytes[bytes.len() - 10..]
+    );
+    assert!(read_range(p, "f", v, size, 10).await.is_empty());
+    assert!(read_range(p, "f", v, size + 5, 10).await.is_empty());
+    assert!(read_range(p, "f", v, 0, 0).await.is_empty());
+    assert_eq!(
+        read_range(p, "f", v, 65_000, 70_000).await,
+        &bytes[65_000..135_000]
+    );
+    assert_eq!(read_range(p, "f", v, 1, u64::MAX).await, &bytes[1..]);
+}
+
+async fn read_stale_version_fails(h: &dyn Backing) {
+    let p = h.provider();
+    let v1 = put(p, "f", b"one").await.version;
+    let v2 = put(p, "f", b"second").await.version;
+    assert_ne!(v1, v2);
+    let err = p.read(&rp("f"), &v1, 0, 10).await.err().unwrap();
+    assert_eq!(err, ProviderError::PreconditionFailed { path: rp("f") });
+    assert_eq!(read_all(p, "f", &v2).await, b"second");
+
+    // Changed behind the back.
+    h.put_file("f", b"third, longer");
+    let err = p.read(&rp("f"), &v2, 0, 10).await.err().unwrap();
+    assert_eq!(err, ProviderError::PreconditionFailed { path: rp("f") });
+    let v3 = p.stat(&rp("f")).await.unwrap().version;
+    assert_ne!(v3, v2);
+    assert_eq!(read_all(p, "f", &v3).await, b"third, longer");
+}
+
+async fn write_if_not_exists_on_existing(h: &dyn Backing) {
+    let p = h.provider();
+    let before = put(p, "f", b"original").await;
+    let err = p
+        .write(
+            &rp("f"),
+            body(b"new", 3),
+            3,
+            Precondition::IfNotExists,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, ProviderError::AlreadyExists(rp("f")));
+    assert_eq!(h.file("f").unwrap(), b"original");
+    assert_eq!(p.stat(&rp("f")).await.unwrap().version, before.version);
+    no_tmp_left(h, "");
+
+    // On a free path it creates.
+    let e = p
+        .write(
+            &rp("g"),
+            body(b"new", 1),
+            3,
+            Precondition::IfNotExists,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.size, 3);
+    assert_eq!(h.file("g").unwrap(), b"new");
+    // Over a directory.
+    p.mkdir(&rp("d")).await.unwrap();
+    let err = p
+        .write(
+            &rp("d"),
+            body(b"x", 1),
+            1,
+            Precondition::IfNotExists,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, ProviderError::AlreadyExists(rp("d")));
+    no_tmp_left(h, "");
+}
+
+async fn write_if_match_stale(h: &dyn Backing) {
+    let p = h.provider();
+    let v1 = put(p, "f", b"one").await.version;
+    let v2 = put(p, "f", b"two!").await.version;
+    let err = p
+        .write(
+            &rp("f"),
+            body(b"three", 5),
+            5,
+            Precondition::IfMatch(v1.clone()),
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, ProviderError::PreconditionFailed { path: rp("f") });
+    assert_eq!(h.file("f").unwrap(), b"two!");
+    assert_eq!(p.stat(&rp("f")).await.unwrap().version, v2);
+    // IfMatch on a missing path fails too and creates nothing.
+    let err = p
+        .write(
+            &rp("nope"),
+            body(b"x", 1),
+            1,
+            Precondition::IfMatch(v1),
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, ProviderError::PreconditionFailed { path: rp("nope") });
+    assert!(!h.exists("nope"));
+    no_tmp_left(h, "");
+}
+
+async fn write_if_match_current(h: &dyn Backing) {
+    let p = h.provider();
+    let v1 = put(p, "f", b"one").await.version;
+    let e = p
+        .write(
+            &rp("f"),
+            body(b"three", 2),
+            5,
+            Precondition::IfMatch(v1.clone()),
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap();
+    assert_ne!(e.version, v1);
+    assert_eq!(e.size, 5);
+    assert_eq!(h.file("f").unwrap(), b"three");
+    assert_eq!(p.stat(&rp("f")).await.unwrap().version, e.version);
+    // The old version no longer matches.
+    let err = p
+        .write(
+            &rp("f"),
+            body(b"4", 1),
+            1,
+            Precondition::IfMatch(v1),
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, ProviderError::PreconditionFailed { path: rp("f") });
+    assert_eq!(h.file("f").unwrap(), b"three");
+}
+
+async fn short_long_and_failing_bodies(h: &dyn Backing) {
+    let p = h.provider();
+    // Short: nothing at the path.
+    let err = p
+        .write(
+            &rp("f"),
+            short_body(b"abc"),
+            10,
+            Precondition::None,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::Other { .. }), "{err:?}");
+    assert!(!h.exists("f"));
+    assert_eq!(
+        p.stat(&rp("f")).await.unwrap_err(),
+        ProviderError::NotFound(rp("f"))
+    );
+    // Long: nothing either.
+    let err = p
+        .write(
+            &rp("f"),
+            body(&data(100, 3), 7),
+            50,
+            Precondition::None,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::Other { .. }), "{err:?}");
+    assert!(!h.exists("f"));
+    // A body that fails midway: its error comes back, the old contents stay.
+    put(p, "g", b"old contents").await;
+    let failing: ByteStream = Box::pin(futures::stream::iter(vec![
+        Ok(Bytes::from_static(b"new ")),
+        Err(ProviderError::Other {
+            message: "source broke".into(),
+            retryable: true,
+        }),
+    ]));
+    let err = p
+        .write(
+            &rp("g"),
+            failing,
+            8,
+            Precondition::None,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ProviderError::Other {
+            message: "source broke".into(),
+            retryable: true
+        }
+    );
+    assert_eq!(h.file("g").unwrap(), b"old contents");
+    // Short over an existing file: the old contents stay.
+    let big = data(3 << 20, 4);
+    let err = p
+        .write(
+            &rp("g"),
+            body(&big[..(2 << 20) + 5], 1 << 20),
+            big.len() as u64,
+            Precondition::None,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::Other { .. }), "{err:?}");
+    assert_eq!(h.file("g").unwrap(), b"old contents");
+    no_tmp_left(h, "");
+}
+
+async fn list_entries(h: &dyn Backing) {
+    let p = h.provider();
+    p.mkdir(&rp("d")).await.unwrap();
+    for n in ["c", "a", "b", "e"] {
+        put(p, &format!("d/{n}"), n.as_bytes()).await;
+    }
+    p.mkdir(&rp("d/s")).await.unwrap();
+    put(p, "d/s/inner", b"not listed").await;
+    p.symlink(&rp("d/l"), "a").await.unwrap();
+    let entries = list_all(h, "d").await;
+    assert_eq!(names(&entries), ["a", "b", "c", "e", "l", "s"]);
+    for e in &entries {
+        let st = p.stat(&rp(&format!("d/{}", e.name))).await.unwrap();
+        assert_eq!(&st, e, "list and stat agree on {}", e.name);
+        match e.name.as_str() {
+            "s" => assert_eq!(e.kind, EntryKind::Dir),
+            "l" => {
+                assert_eq!(e.kind, EntryKind::Symlink);
+                assert_eq!(e.symlink_target.as_deref(), Some("a"));
+            }
+            _ => {
+                assert_eq!(e.kind, EntryKind::File);
+                assert_eq!(e.size, 1);
+                assert!(e.mode.is_some());
+            }
+        }
+    }
+    // The root, an empty directory, a file and a missing directory.
+    assert_eq!(names(&list_all(h, "").await), ["d"]);
+    p.mkdir(&rp("empty")).await.unwrap();
+    assert!(list_all(h, "empty").await.is_empty());
+    assert_eq!(
+        p.list(&rp("d/a"), None).await.unwrap_err(),
+        ProviderError::NotADirectory(rp("d/a"))
+    );
+    assert_eq!(
+        p.list(&rp("missing"), None).await.unwrap_err(),
+        ProviderError::NotFound(rp("missing"))
+    );
+}
+
+async fn mkdir_and_rmdir(h: &dyn Backing) {
+    let p = h.provider();
+    let e = p.mkdir(&rp("d")).await.unwrap();
+    assert_eq!(e.kind, EntryKind::Dir);
+    assert_eq!(e.name, "d");
+    assert_eq!(p.stat(&rp("d")).await.unwrap().kind, EntryKind::Dir);
+    assert_eq!(
+        p.mkdir(&rp("d")).await.unwrap_err(),
+        ProviderError::AlreadyExists(rp("d"))
+    );
+    assert_eq!(
+        p.mkdir(&rp("x/y")).await.unwrap_err(),
+        ProviderError::NotFound(rp("x"))
+    );
+    put(p, "f", b"file").await;
+    assert_eq!(
+        p.mkdir(&rp("f")).await.unwrap_err(),
+        ProviderError::AlreadyExists(rp("f"))
+    );
+    assert_eq!(
+        p.mkdir(&rp("f/y")).await.unwrap_err(),
+        ProviderError::NotADirectory(rp("f"))
+    );
+    p.mkdir(&rp("d/sub")).await.unwrap();
+    put(p, "d/sub/x", b"x").await;
+    assert_eq!(
+        p.rmdir(&rp("d")).await.unwrap_err(),
+        ProviderError::NotEmpty(rp("d"))
+    );
+    assert_eq!(
+        p.rmdir(&rp("d/sub")).await.unwrap_err(),
+        ProviderError::NotEmpty(rp("d/sub"))
+    );
+    assert!(h.exists("d/sub/x"));
+    assert_eq!(
+        p.rmdir(&rp("f")).await.unwrap_err(),
+        ProviderError::NotADirectory(rp("f"))
+    );
+    p.delete(&rp("d/sub/x"), Precondition::None).await.unwrap();
+    p.rmdir(&rp("d/sub")).await.unwrap();
+    p.rmdir(&rp("d")).await.unwrap();
+    assert!(!h.exists("d"));
+    assert_eq!(
+        p.rmdir(&rp("d")).await.unwrap_err(),
+        ProviderError::NotFound(rp("d"))
+    );
+    assert!(p.rmdir(&RemotePath::root()).await.is_err());
+}
+
+async fn delete_files(h: &dyn Backing) {
+    let p = h.provider();
+    put(p, "f", b"x").await;
+    p.delete(&rp("f"), Precondition::None).await.unwrap();
+    assert!(!h.exists("f"));
+    assert_eq!(
+        p.stat(&rp("f")).await.unwrap_err(),
+        ProviderError::NotFound(rp("f"))
+    );
+    assert_eq!(
+        p.delete(&rp("f"), Precondition::None).await.unwrap_err(),
+        ProviderError::NotFound(rp("f"))
+    );
+    p.mkdir(&rp("d")).await.unwrap();
+    assert_eq!(
+        p.delete(&rp("d"), Precondition::None).await.unwrap_err(),
+        ProviderError::IsADirectory(rp("d"))
+    );
+    // Preconditions.
+    let v1 = put(p, "g", b"1").await.version;
+    let v2 = put(p, "g", b"22").await.version;
+    assert_eq!(
+        p.delete(&rp("g"), Precondition::IfMatch(v1))
+            .await
+            .unwrap_err(),
+        ProviderError::PreconditionFailed { path: rp("g") }
+    );
+    assert_eq!(h.file("g").unwrap(), b"22");
+    p.delete(&rp("g"), Precondition::IfMatch(v2)).await.unwrap();
+    assert!(!h.exists("g"));
+    // Symlinks are deleted themselves, not their target.
+    put(p, "t", b"target").await;
+    p.symlink(&rp("l"), "t").await.unwrap();
+    p.delete(&rp("l"), Precondition::None).await.unwrap();
+    assert!(!h.exists("l"));
+    assert_eq!(h.file("t").unwrap(), b"target");
+}
+
+async fn rename_file(h: &dyn Backing) {
+    let p = h.provider();
+    put(p, "a", b"contents").await;
+    p.mkdir(&rp("d")).await.unwrap();
+    let e = p.rename(&rp("a"), &rp("d/b"), false).await.unwrap();
+    assert_eq!(e.name, "b");
+    assert_eq!(e.kind, EntryKind::File);
+    assert_eq!(e.size, 8);
+    assert!(!h.exists("a"));
+    assert_eq!(h.file("d/b").unwrap(), b"contents");
+    assert_eq!(
+        p.stat(&rp("a")).await.unwrap_err(),
+        ProviderError::NotFound(rp("a"))
+    );
+    let st = p.stat(&rp("d/b")).await.unwrap();
+    assert_eq!(st, e);
+    assert_eq!(read_all(p, "d/b", &st.version).await, b"contents");
+    assert_eq!(
+        p.rename(&rp("a"), &rp("c"), false).await.unwrap_err(),
+        ProviderError::NotFound(rp("a"))
+    );
+    assert_eq!(
+        p.rename(&rp("d/b"), &rp("x/c"), false).await.unwrap_err(),
+        ProviderError::NotFound(rp("x"))
+    );
+}
+
+async fn rename_dir_with_children(h: &dyn Backing) {
+    let p = h.provider();
+    p.mkdir(&rp("d")).await.unwrap();
+    p.mkdir(&rp("d/e")).await.unwrap();
+    put(p, "d/x", b"x").await;
+    put(p, "d/e/y", b"yy").await;
+    p.symlink(&rp("d/l"), "x").await.unwrap();
+    let e = p.rename(&rp("d"), &rp("d2"), false).await.unwrap();
+    assert_eq!(e.kind, EntryKind::Dir);
+    assert!(!h.exists("d"));
+    assert_eq!(h.file("d2/x").unwrap(), b"x");
+    assert_eq!(h.file("d2/e/y").unwrap(), b"yy");
+    assert_eq!(names(&list_all(h, "d2").await), ["e", "l", "x"]);
+    assert_eq!(names(&list_all(h, "d2/e").await), ["y"]);
+    assert_eq!(
+        p.stat(&rp("d2/l")).await.unwrap().symlink_target.as_deref(),
+        Some("x")
+    );
+    assert_eq!(
+        p.stat(&rp("d/e/y")).await.unwrap_err(),
+        ProviderError::NotFound(rp("d/e/y"))
+    );
+    // Into itself.
+    assert!(p.rename(&rp("d2"), &rp("d2/e/z"), false).await.is_err());
+    assert!(h.exists("d2/e/y"));
+}
+
+async fn rename_over_existing(h: &dyn Backing) {
+    let p = h.provider();
+    put(p, "a", b"aaa").await;
+    put(p, "b", b"bb").await;
+    assert_eq!(
+        p.rename(&rp("a"), &rp("b"), false).await.unwrap_err(),
+        ProviderError::AlreadyExists(rp("b"))
+    );
+    assert_eq!(h.file("a").unwrap(), b"aaa");
+    assert_eq!(h.file("b").unwrap(), b"bb");
+    let e = p.rename(&rp("a"), &rp("b"), true).await.unwrap();
+    assert_eq!(e.size, 3);
+    assert!(!h.exists("a"));
+    assert_eq!(h.file("b").unwrap(), b"aaa");
+    // Files and directories do not replace each other.
+    p.mkdir(&rp("d")).await.unwrap();
+    assert_eq!(
+        p.rename(&rp("b"), &rp("d"), true).await.unwrap_err(),
+        ProviderError::IsADirectory(rp("d"))
+    );
+    assert_eq!(
+        p.rename(&rp("d"), &rp("b"), true).await.unwrap_err(),
+        ProviderError::NotADirectory(rp("b"))
+    );
+    assert_eq!(
+        p.rename(&rp("d"), &rp("b"), false).await.unwrap_err(),
+        ProviderError::AlreadyExists(rp("b"))
+    );
+    assert_eq!(h.file("b").unwrap(), b"aaa");
+}
+
+async fn symlinks(h: &dyn Backing) {
+    let p = h.provider();
+    let e = p.symlink(&rp("l"), "some/where/else").await.unwrap();
+    assert_eq!(e.kind, EntryKind::Symlink);
+    assert_eq!(e.symlink_target.as_deref(), Some("some/where/else"));
+    assert_eq!(e.size, "some/where/else".len() as u64);
+    let st = p.stat(&rp("l")).await.unwrap();
+    assert_eq!(st, e);
+    assert_eq!(
+        p.symlink(&rp("l"), "x").await.unwrap_err(),
+        ProviderError::AlreadyExists(rp("l"))
+    );
+    assert_eq!(
+        p.symlink(&rp("nodir/l"), "x").await.unwrap_err(),
+        ProviderError::NotFound(rp("nodir"))
+    );
+    assert!(h.exists("l"));
+    assert!(h.file("l").is_none(), "a symlink is not a file");
+}
+
+async fn set_attrs_mode_and_mtime(h: &dyn Backing) {
+    let p = h.provider();
+    let before = put(p, "f", b"abc").await;
+    let mtime = UNIX_EPOCH + Duration::new(978_307_200, 987_654_321);
+    let e = p
+        .set_attrs(
+            &rp("f"),
+            ObjectAttrs {
+                mode: Some(0o600),
+                mtime: Some(mtime),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.mode, Some(0o600));
+    assert_eq!(e.mtime, mtime);
+    assert_eq!(e.size, 3);
+    let st = p.stat(&rp("f")).await.unwrap();
+    assert_eq!(st, e);
+    assert_eq!(h.file("f").unwrap(), b"abc");
+    // Only the mode; the mtime stays.
+    let e2 = p
+        .set_attrs(
+            &rp("f"),
+            ObjectAttrs {
+                mode: Some(0o755),
+                mtime: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(e2.mode, Some(0o755));
+    assert_eq!(e2.mtime, mtime);
+    // A time before 1970 and a directory.
+    p.mkdir(&rp("d")).await.unwrap();
+    let old = UNIX_EPOCH - Duration::new(86_400, 500);
+    let e3 = p
+        .set_attrs(
+            &rp("d"),
+            ObjectAttrs {
+                mode: None,
+                mtime: Some(old),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(e3.mtime, old);
+    // The mtime of a symlink itself.
+    p.symlink(&rp("l"), "f").await.unwrap();
+    let e4 = p
+        .set_attrs(
+            &rp("l"),
+            ObjectAttrs {
+                mode: None,
+                mtime: Some(mtime + Duration::from_secs(5)),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(e4.mtime, mtime + Duration::from_secs(5));
+    assert_eq!(
+        p.stat(&rp("f")).await.unwrap().mtime,
+        mtime,
+        "the target is untouched"
+    );
+    let _ = before;
+}
+
+async fn not_found(h: &dyn Backing) {
+    let p = h.provider();
+    let v = Version::from("whatever");
+    let nf = |s: &str| ProviderError::NotFound(rp(s));
+    assert_eq!(p.stat(&rp("x")).await.unwrap_err(), nf("x"));
+    assert_eq!(p.stat(&rp("x/y/z")).await.unwrap_err(), nf("x/y/z"));
+    assert_eq!(p.read(&rp("x"), &v, 0, 1).await.err().unwrap(), nf("x"));
+    assert_eq!(
+        p.delete(&rp("x"), Precondition::None).await.unwrap_err(),
+        nf("x")
+    );
+    assert_eq!(p.rmdir(&rp("x")).await.unwrap_err(), nf("x"));
+    assert_eq!(
+        p.set_attrs(&rp("x"), ObjectAttrs::default())
+            .await
+            .unwrap_err(),
+        nf("x")
+    );
+    assert_eq!(
+        p.rename(&rp("x"), &rp("y"), true).await.unwrap_err(),
+        nf("x")
+    );
+    assert_eq!(
+        p.write(
+            &rp("x/y"),
+            body(b"1", 1),
+            1,
+            Precondition::None,
+            ObjectAttrs::default()
+        )
+        .await
+        .unwrap_err(),
+        nf("x")
+    );
+    // Below a file: not found for lookups.
+    put(p, "f", b"1").await;
+    assert_eq!(p.stat(&rp("f/y")).await.unwrap_err(), nf("f/y"));
+    // Reading a directory.
+    p.mkdir(&rp("d")).await.unwrap();
+    let dv = p.stat(&rp("d")).await.unwrap().version;
+    assert_eq!(
+        p.read(&rp("d"), &dv, 0, 1).await.err().unwrap(),
+        ProviderError::IsADirectory(rp("d"))
+    );
+    // The root is a directory.
+    assert_eq!(
+        p.stat(&RemotePath::root()).await.unwrap().kind,
+        EntryKind::Dir
+    );
+    // Writing over a directory.
+    assert_eq!(
+        p.write(
+            &rp("d"),
+            body(b"1", 1),
+            1,
+            Precondition::None,
+            ObjectAttrs::default()
+        )
+        .await
+        .unwrap_err(),
+        ProviderError::IsADirectory(rp("d"))
+    );
+    no_tmp_left(h, "");
+}
+
+async fn capabilities_and_names(h: &dyn Backing) {
+    let p = h.provider();
+    let caps = p.capabilities();
+    assert!(caps.rename && caps.symlinks && caps.attrs);
+    assert_eq!(caps.max_name_len, 255);
+    let long = "n".repeat(256);
+    assert!(matches!(
+        p.mkdir(&rp(&long)).await.unwrap_err(),
+        ProviderError::InvalidName { .. }
+    ));
+    let ok = "n".repeat(255);
+    p.mkdir(&rp(&ok)).await.unwrap();
+    assert!(!p.describe().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the library against both providers
+
+macro_rules! conformance {
+    ($($scenario:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let h = super::Local::new();
+                    super::$scenario(&h).await;
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let h = super::Memory::new();
+                    super::$scenario(&h).await;
+                }
+            )*
+        }
+        mod memory_paged {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let h = super::Memory::paged();
+                    super::$scenario(&h).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    write_stat_read_round_trip,
+    ranged_reads,
+    read_stale_version_fails,
+    write_if_not_exists_on_existing,
+    write_if_match_stale,
+    write_if_match_current,
+    short_long_and_failing_bodies,
+    list_entries,
+    mkdir_and_rmdir,
+    delete_files,
+    rename_file,
+    rename_dir_with_children,
+    rename_over_existing,
+    symlinks,
+    set_attrs_mode_and_mtime,
+    not_found,
+    capabilities_and_names,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Memory only
+
+#[tokio::test]
+async fn memory_list_pages_by_two_with_name_tokens() {
+    let m = MemoryProvider::with_page_size(2);
+    for n in ["e", "a", "d", "c", "b"] {
+        m.put_file(&format!("dir/{n}"), n.as_bytes());
+    }
+    m.put_file("dir/a2/deep", b"not in dir");
+    m.put_file("dirx", b"a sibling with a common prefix");
+    let mut pages = Vec::new();
+    let mut token = None;
+    loop {
+        let page = m.list(&rp("dir"), token).await.unwrap();
+        pages.push(
+            page.entries
+                .iter()
+                .map(|e| e.name.clone())
+                .collect::<Vec<_>>(),
+        );
+        match page.next {
+            Some(t) => {
+                assert_eq!(
+                    Some(&t),
+                    page.entries.last().map(|e| &e.name),
+                    "token = last name"
+                );
+                token = Some(t);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, [vec!["a", "a2"], vec!["b", "c"], vec!["d", "e"]]);
+    // Exactly full last page: no extra empty page.
+    m.remove("dir/e");
+    let p1 = m.list(&rp("dir"), None).await.unwrap();
+    let p2 = m.list(&rp("dir"), p1.next).await.unwrap();
+    let p3 = m.list(&rp("dir"), p2.next.clone()).await.unwrap();
+    assert_eq!(names(&p3.entries), ["d"]);
+    assert_eq!(p3.next, None);
+    assert_eq!(m.counters().list, 6);
+}
+
+#[tokio::test]
+async fn memory_helpers_counters_and_unreachable() {
+    use fs_core::provider::memory::{Counters, SnapshotEntry};
+    let m = MemoryProvider::new();
+    m.mkdir_all("a/b");
+    m.put_file("a/b/f", b"123");
+    assert_eq!(
+        m.counters(),
+        Counters::default(),
+        "helpers are not operations"
+    );
+    let v = m.stat(&rp("a/b/f")).await.unwrap().version;
+    assert_eq!(read_all(&m, "a/b/f", &v).await, b"123");
+    put(&m, "a/g", b"4567").await;
+    m.symlink(&rp("a/l"), "g").await.unwrap();
+    let c = m.counters();
+    assert_eq!(
+        (
+            c.stat,
+            c.read,
+            c.read_bytes,
+            c.write,
+            c.write_bytes,
+            c.symlink
+        ),
+        (1, 1, 3, 1, 4, 1)
+    );
+    let snap = m.snapshot();
+    assert_eq!(
+        snap.into_iter().collect::<Vec<_>>(),
+        vec![
+            ("a".to_string(), SnapshotEntry::Dir),
+            ("a/b".to_string(), SnapshotEntry::Dir),
+            ("a/b/f".to_string(), SnapshotEntry::File(b"123".to_vec())),
+            ("a/g".to_string(), SnapshotEntry::File(b"4567".to_vec())),
+            ("a/l".to_string(), SnapshotEntry::Symlink("g".into())),
+        ]
+    );
+    m.reset_counters();
+    assert_eq!(m.counters(), Counters::default());
+
+    m.set_unreachable(true);
+    assert!(matches!(
+        m.stat(&rp("a")).await,
+        Err(ProviderError::Unreachable(_))
+    ));
+    assert!(matches!(
+        m.list(&rp("a"), None).await,
+        Err(ProviderError::Unreachable(_))
+    ));
+    assert!(matches!(
+        m.write(
+            &rp("a/h"),
+            body(b"1", 1),
+            1,
+            Precondition::None,
+            ObjectAttrs::default()
+        )
+        .await,
+        Err(ProviderError::Unreachable(_))
+    ));
+    assert_eq!(m.file("a/g").unwrap(), b"4567", "helpers still work");
+    assert_eq!(m.counters().stat, 1, "failed calls are counted");
+    m.set_unreachable(false);
+    m.remove("a/b");
+    assert!(m.file("a/b/f").is_none());
+    assert!(m.stat(&rp("a/g")).await.is_ok());
+    m.remove("");
+    assert!(m.snapshot().is_empty());
+    assert_eq!(
+        m.stat(&RemotePath::root()).await.unwrap().kind,
+        EntryKind::Dir
+    );
+}
+
+#[tokio::test]
+async fn memory_read_serves_the_version_it_checked() {
+    let m = MemoryProvider::new();
+    let bytes = data(300_000, 9);
+    let v = put(&m, "f", &bytes).await.version;
+    let s = m.read(&rp("f"), &v, 0, u64::MAX).await.unwrap();
+    m.put_file("f", b"changed behind the back");
+    assert_eq!(collect(s).await.unwrap(), bytes);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local only
+
+/// A provider whose root can be removed: `<tmp>/root`.
+fn local_with_root() -> (tempfile::TempDir, PathBuf, LocalProvider) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let p = LocalProvider::new(root.clone()).unwrap();
+    (tmp, root, p)
+}
+
+async fn assert_all_unreachable(p: &LocalProvider, v: &Version) {
+    let root = p.root().display().to_string();
+    let is_unreachable = |r: Result<(), ProviderError>, what: &str| match r {
+        Err(ProviderError::Unreachable(msg)) => {
+            assert!(msg.contains(&root), "{what}: message names the root: {msg}")
+        }
+        other => panic!("{what}: expected Unreachable, got {other:?}"),
+    };
+    is_unreachable(p.stat(&rp("f")).await.map(drop), "stat");
+    is_unreachable(p.stat(&RemotePath::root()).await.map(drop), "stat root");
+    is_unreachable(p.list(&RemotePath::root(), None).await.map(drop), "list");
+    is_unreachable(p.list(&rp("d"), None).await.map(drop), "list d");
+    is_unreachable(p.read(&rp("f"), v, 0, 10).await.map(drop), "read");
+    is_unreachable(
+        p.write(
+            &rp("f"),
+            body(b"1", 1),
+            1,
+            Precondition::None,
+            ObjectAttrs::default(),
+        )
+        .await
+        .map(drop),
+        "write",
+    );
+    is_unreachable(p.mkdir(&rp("d")).await.map(drop), "mkdir");
+    is_unreachable(p.rmdir(&rp("d")).await.map(drop), "rmdir");
+    is_unreachable(
+        p.delete(&rp("f"), Precondition::None).await.map(drop),
+        "delete",
+    );
+    is_unreachable(p.rename(&rp("f"), &rp("g"), true).await.map(drop), "rename");
+    is_unreachable(p.symlink(&rp("l"), "f").await.map(drop), "symlink");
+    is_unreachable(
+        p.set_attrs(&rp("f"), ObjectAttrs::default())
+            .await
+            .map(drop),
+        "set_attrs",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_root_removed_is_unreachable_not_not_found() {
+    let (_tmp, root, p) = local_with_root();
+    let v = put(&p, "f", b"data").await.version;
+    p.mkdir(&rp("d")).await.unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_all_unreachable(&p, &v).await;
+
+    // A file where the root folder was is no better.
+    std::fs::write(&root, b"not a folder").unwrap();
+    assert_all_unreachable(&p, &v).await;
+    std::fs::remove_file(&root).unwrap();
+
+    // Back again (an empty folder): now answers are real answers.
+    std::fs::create_dir(&root).unwrap();
+    assert_eq!(
+        p.stat(&rp("f")).await.unwrap_err(),
+        ProviderError::NotFound(rp("f"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_root_missing_at_construction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("not-yet");
+    let p = LocalProvider::new(root.clone()).unwrap();
+    assert!(p.describe().contains("not-yet"));
+    assert_all_unreachable(&p, &Version::from("v")).await;
+    std::fs::create_dir(&root).unwrap();
+    put(&p, "f", b"now").await;
+    assert_eq!(std::fs::read(root.join("f")).unwrap(), b"now");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_unreadable_root_is_unreachable() {
+    let (_tmp, root, p) = local_with_root();
+    let v = put(&p, "f", b"data").await.version;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let probe = std::fs::read_dir(&root);
+    if probe.is_ok() {
+        // Running as root: permissions do not apply; nothing to test.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        return;
+    }
+    let err = p.stat(&rp("f")).await.unwrap_err();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(matches!(err, ProviderError::Unreachable(_)), "{err:?}");
+    assert_eq!(p.stat(&rp("f")).await.unwrap().version, v);
+}
+
+/// Reads the first item of a 3 MiB stream, lets `change` modify the file, and returns the rest.
+async fn read_while_changing(
+    change: impl FnOnce(&Path),
+) -> (Vec<u8>, Vec<Result<Bytes, ProviderError>>) {
+    let (_tmp, root, p) = local_with_root();
+    let bytes = data(3 << 20, 5);
+    let v = put(&p, "f", &bytes).await.version;
+    let mut s = p.read(&rp("f"), &v, 0, u64::MAX).await.unwrap();
+    let first = s.next().await.unwrap().unwrap();
+    assert!(!first.is_empty() && first.len() <= 1 << 20);
+    assert_eq!(&first[..], &bytes[..first.len()]);
+    change(&root.join("f"));
+    let mut rest = Vec::new();
+    while let Some(item) = s.next().await {
+        rest.push(item);
+    }
+    (bytes, rest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_file_rewritten_mid_stream_ends_with_precondition_failed() {
+    let (_, rest) =
+        read_while_changing(|f| std::fs::write(f, data((2 << 20) + 1, 6)).unwrap()).await;
+    let last = rest.last().expect("the stream yields an error");
+    assert_eq!(
+        last,
+        &Err(ProviderError::PreconditionFailed { path: rp("f") })
+    );
+    assert!(rest[..rest.len() - 1].iter().all(Result::is_ok));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_file_patched_in_place_mid_stream_ends_with_precondition_failed() {
+    let (_, rest) = read_while_changing(|f| {
+        // Same size, same inode: only the times change (sleep past the coarse clock tick).
+        std::thread::sleep(Duration::from_millis(50));
+        let file = std::fs::OpenOptions::new().write(true).open(f).unwrap();
+        std::os::unix::fs::FileExt::write_at(&file, b"patched", 2 << 20).unwrap();
+    })
+    .await;
+    assert_eq!(
+        rest.last(),
+        Some(&Err(ProviderError::PreconditionFailed { path: rp("f") }))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_file_replaced_by_rename_mid_stream_never_mixes_versions() {
+    let (bytes, rest) = read_while_changing(|f| {
+        let tmp = f.with_file_name("other");
+        std::fs::write(&tmp, b"replacement").unwrap();
+        std::fs::rename(&tmp, f).unwrap();
+    })
+    .await;
+    // The open file keeps the old contents; unlinking it updates its ctime, which (unless it
+    // falls in the same clock tick as the original write) ends the stream with
+    // PreconditionFailed. Either way every byte delivered is from the old version.
+    let mut got = Vec::new();
+    let mut failed = false;
+    for item in rest {
+        assert!(!failed, "nothing after the error");
+        match item {
+            Ok(b) => got.extend_from_slice(&b),
+            Err(e) => {
+                assert_eq!(e, ProviderError::PreconditionFailed { path: rp("f") });
+                failed = true;
+            }
+        }
+    }
+    let first = 1 << 20;
+    assert_eq!(got, &bytes[first..first + got.len()]);
+    assert!(failed || got.len() == bytes.len() - first);
+}
+
+fn tmp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(TMP_PREFIX))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_cancelled_write_leaves_no_tmp_and_no_target() {
+    let (_tmp, root, p) = local_with_root();
+    let p = Arc::new(p);
+    // One chunk, then nothing, forever.
+    let stalled: ByteStream = Box::pin(
+        futures::stream::iter(vec![Ok(Bytes::from(data(1000, 7)))])
+            .chain(futures::stream::pending()),
+    );
+    let task = {
+        let p = Arc::clone(&p);
+        tokio::spawn(async move {
+            p.write(
+                &rp("f"),
+                stalled,
+                5000,
+                Precondition::None,
+                ObjectAttrs::default(),
+            )
+            .await
+        })
+    };
+    // Wait until the write is under way (its temporary file exists).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tmp_files(&root).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temporary file appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert!(tmp_files(&root).is_empty(), "{:?}", tmp_files(&root));
+    assert!(!root.join("f").exists());
+
+    // Same with a plain timeout around the call, over an existing file.
+    put(&*p, "g", b"old").await;
+    let stalled: ByteStream = Box::pin(
+        futures::stream::iter(vec![Ok(Bytes::from_static(b"new"))])
+            .chain(futures::stream::pending()),
+    );
+    let r = tokio::time::timeout(
+        Duration::from_millis(200),
+        p.write(
+            &rp("g"),
+            stalled,
+            10,
+            Precondition::None,
+            ObjectAttrs::default(),
+        ),
+    )
+    .await;
+    assert!(r.is_err(), "the write cannot finish");
+    assert!(tmp_files(&root).is_empty());
+    assert_eq!(std::fs::read(root.join("g")).unwrap(), b"old");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_tmp_names_are_hidden_and_reserved() {
+    let (_tmp, root, p) = local_with_root();
+    let hidden = format!("{TMP_PREFIX}0123456789abcdef");
+    std::fs::write(root.join(&hidden), b"someone's upload").unwrap();
+    put(&p, "visible", b"v").await;
+    let page = p.list(&RemotePath::root(), None).await.unwrap();
+    assert_eq!(names(&page.entries), ["visible"]);
+    assert_eq!(page.next, None);
+    assert_eq!(
+        p.stat(&rp(&hidden)).await.unwrap_err(),
+        ProviderError::NotFound(rp(&hidden))
+    );
+    assert!(matches!(
+        p.write(
+            &rp(&hidden),
+            body(b"x", 1),
+            1,
+            Precondition::None,
+            ObjectAttrs::default()
+        )
+        .await
+        .unwrap_err(),
+        ProviderError::InvalidName { .. }
+    ));
+    assert!(matches!(
+        p.mkdir(&rp(&format!("{TMP_PREFIX}x"))).await.unwrap_err(),
+        ProviderError::InvalidName { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_versions_follow_changes_by_other_programs() {
+    let (_tmp, root, p) = local_with_root();
+    let v1 = put(&p, "f", b"one").await.version;
+    assert_eq!(p.stat(&rp("f")).await.unwrap().version, v1);
+    assert_eq!(
+        p.stat(&rp("f")).await.unwrap().version,
+        v1,
+        "stable while untouched"
+    );
+    // Replaced by another program (new inode).
+    let other = root.join("other");
+    std::fs::write(&other, b"one").unwrap();
+    std::fs::rename(&other, root.join("f")).unwrap();
+    let v2 = p.stat(&rp("f")).await.unwrap().version;
+    assert_ne!(v2, v1);
+    // Appended to (size).
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("f"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"!").unwrap();
+    let v3 = p.stat(&rp("f")).await.unwrap().version;
+    assert_ne!(v3, v2);
+    let s = String::from_utf8(v3.as_bytes().to_vec()).unwrap();
+    assert!(s.starts_with("s4-m") && s.contains("-i"), "{s}");
+    // A rename or chmod changes no byte, so it keeps the version (and every cached chunk).
+    std::fs::rename(root.join("f"), root.join("g")).unwrap();
+    std::fs::set_permissions(
+        root.join("g"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    assert_eq!(p.stat(&rp("g")).await.unwrap().version, v3);
+    let _ = SystemTime::now();
+}
