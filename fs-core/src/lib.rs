@@ -5,12 +5,20 @@
 
 pub mod config;
 pub mod content;
+mod data;
 pub mod error;
 pub mod journal;
 pub mod namespace;
+mod ops;
 pub mod provider;
+pub mod snapshot;
 pub mod types;
+pub mod uploader;
+pub mod vfs;
+pub mod wal;
 
 pub use cache;
+pub use config::VfsConfig;
 pub use error::{FsError, FsResult};
 pub use types::*;
+pub use vfs::{Invalidator, Status, Vfs};

@@ -1,0 +1,555 @@
+//! The data path: reads map to chunks (write buffer, cache, or one ranged fetch shared by all
+//! concurrent readers of a chunk), sequential readers get a read-ahead window that doubles up
+//! to `max_readahead_chunks` within one global prefetch budget; writes go to a per-file buffer
+//! of whole chunks, spilled to the cache as dirty chunks, and a commit (close, fsync, truncate)
+//! makes them durable with one journal record.
+
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use cache::{ChunkKey, PutKind};
+
+use crate::content::{local_key, ChunkSrc, Content};
+use crate::error::{FsError, FsResult};
+use crate::journal::Record;
+use crate::provider::RemotePath;
+use crate::types::{FileKind, NodeId};
+use crate::vfs::{lock, Vfs};
+
+/// What a read needs to know about one chunk, taken under the namespace lock.
+struct Plan {
+    index: u64,
+    src: ChunkSrc,
+    buffered: Option<Bytes>,
+}
+
+impl Vfs {
+    /// Where the provider has `node` now: its local path with every queued rename undone.
+    pub(crate) fn remote_location(&self, node: NodeId) -> Option<RemotePath> {
+        let mut path = lock(&self.inner.ns).path_of(node)?;
+        let q = lock(&self.inner.queue);
+        for rec in q.pending_renames_rev() {
+            if let crate::journal::Record::Rename { from, to, .. } = rec {
+                if path.starts_with(to) {
+                    let rest = &path.as_str()[to.as_str().len()..];
+                    path = RemotePath::parse(&format!("{}{rest}", from.as_str()))?;
+                }
+            }
+        }
+        Some(path)
+    }
+
+    /// Fetches chunk `i` of the remote file at `path`/`version` into the cache, once for all
+    /// concurrent callers.
+    pub(crate) async fn fetch(
+        &self,
+        path: RemotePath,
+        key: ChunkKey,
+        version: cache::Version,
+        i: u64,
+    ) -> FsResult<Bytes> {
+        match self.inner.cache.get(&key) {
+            Ok(Some(b)) => return Ok(b),
+            Ok(None) | Err(cache::CacheError::Integrity { .. }) => {}
+            Err(e) => tracing::warn!(error = %e, "cache read failed; fetching"),
+        }
+        let vfs = self.clone();
+        self.inner
+            .flights
+            .run(key.clone(), || async move {
+                let cs = vfs.inner.cfg.chunk_size;
+                let deadline = vfs.inner.cfg.provider_timeout;
+                let read = async {
+                    let s = vfs.inner.provider.read(&path, &version, i * cs, cs).await?;
+                    crate::provider::collect(s).await
+                };
+                let data = match tokio::time::timeout(deadline, read).await {
+                    Ok(Ok(d)) => Bytes::from(d),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, %path, i, "fetch failed");
+                        return Err(FsError::from(e));
+                    }
+                    Err(_) => return Err(FsError::TimedOut),
+                };
+                vfs.inner.counters.fetches.fetch_add(1, Ordering::Relaxed);
+                vfs.inner
+                    .counters
+                    .fetched_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                let cache = vfs.inner.cache.clone();
+                let (k, d) = (key.clone(), data.clone());
+                // Best effort: a failing or full cache still serves this read.
+                let _ =
+                    tokio::task::spawn_blocking(move || cache.put(&k, &d, PutKind::Clean)).await;
+                Ok(data)
+            })
+            .await
+    }
+
+    /// The bytes of chunk `i` (at most a chunk; shorter means zeros follow).
+    async fn chunk_bytes(
+        &self,
+        node: NodeId,
+        oid: &cache::ObjectId,
+        content_base: Option<&cache::Version>,
+        plan: &Plan,
+    ) -> FsResult<Bytes> {
+        if let Some(b) = &plan.buffered {
+            return Ok(b.clone());
+        }
+        match plan.src {
+            ChunkSrc::Hole => Ok(Bytes::new()),
+            ChunkSrc::Local(g) => {
+                let key = local_key(oid, g, plan.index);
+                let cache = self.inner.cache.clone();
+                let got = tokio::task::spawn_blocking(move || cache.get(&key))
+                    .await
+                    .map_err(FsError::io)?;
+                match got {
+                    Ok(Some(b)) => Ok(b),
+                    Ok(None) => Err(FsError::Io(format!(
+                        "written data of chunk {} of node {} is missing from the cache",
+                        plan.index, node.0
+                    ))),
+                    Err(e) => Err(FsError::io(e)),
+                }
+            }
+            ChunkSrc::Base { alias } => {
+                let version = content_base.ok_or(FsError::BadHandle)?;
+                let path = self.remote_location(node).ok_or(FsError::NotFound)?;
+                self.base_chunk(&path, oid, version, plan.index, alias)
+                    .await
+            }
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset` of the file open as `fh`.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let node = self.handle(fh)?.node;
+        let cs = self.inner.cfg.chunk_size;
+        let (plans, oid, base_version, file_size, base_len) = {
+            let ns = lock(&self.inner.ns);
+            let n = ns.get(node).ok_or(FsError::BadHandle)?;
+            if n.kind != FileKind::File {
+                return Err(FsError::IsADirectory);
+            }
+            let c = &n.content;
+            let end = (offset + u64::from(size)).min(c.size);
+            if offset >= end {
+                return Ok(Bytes::new());
+            }
+            let bufs = lock(&self.inner.bufs);
+            let buf = bufs.get(&node);
+            let plans: Vec<Plan> = (offset / cs..=(end - 1) / cs)
+                .map(|i| Plan {
+                    index: i,
+                    src: c.src(i, cs),
+                    buffered: buf
+                        .and_then(|b| b.get(&i))
+                        .map(|v| Bytes::copy_from_slice(v)),
+                })
+                .collect();
+            (
+                plans,
+                n.object_id(),
+                c.base.as_ref().map(|b| b.version.clone()),
+                c.size,
+                c.base.as_ref().map_or(0, |b| b.len),
+            )
+        };
+        let end = (offset + u64::from(size)).min(file_size);
+        self.prefetch(fh, node, offset, end);
+        let fetched = futures::future::join_all(
+            plans
+                .iter()
+                .map(|p| self.chunk_bytes(node, &oid, base_version.as_ref(), p)),
+        )
+        .await;
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for (p, data) in plans.iter().zip(fetched) {
+            let data = data?;
+            let start = p.index * cs;
+            // Base bytes past `base.len` were truncated away: they read as zeros.
+            let valid = match p.src {
+                ChunkSrc::Base { .. } if p.buffered.is_none() => {
+                    (base_len.saturating_sub(start) as usize).min(data.len())
+                }
+                _ => data.len(),
+            };
+            let from = offset.max(start) - start;
+            let to = end.min(start + cs) - start;
+            for pos in from..to {
+                let pos = pos as usize;
+                out.push(if pos < valid { data[pos] } else { 0 });
+            }
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Read-ahead for sequential readers: the window doubles while reads follow each other and
+    /// resets on a jump; chunks are fetched into the cache by background tasks holding a permit
+    /// of the global prefetch budget (no permit: no prefetch, never a wait).
+    fn prefetch(&self, fh: u64, node: NodeId, offset: u64, end: u64) {
+        let cs = self.inner.cfg.chunk_size;
+        let (from, to) = {
+            let mut handles = lock(&self.inner.handles);
+            let Some(h) = handles.get_mut(&fh) else {
+                return;
+            };
+            if h.next_offset == offset && offset > 0 {
+                h.window = (h.window.max(1) * 2).min(self.inner.cfg.max_readahead_chunks);
+            } else if h.next_offset != offset {
+                h.window = 0;
+                h.prefetched_to = 0;
+            }
+            h.next_offset = end;
+            if h.window == 0 {
+                return;
+            }
+            let last = (end.max(1) - 1) / cs;
+            let from = (last + 1).max(h.prefetched_to);
+            let to = last + h.window;
+            if from > to {
+                return;
+            }
+            h.prefetched_to = to + 1;
+            (from, to)
+        };
+        let (oid, base, size, srcs) = {
+            let ns = lock(&self.inner.ns);
+            let Some(n) = ns.get(node) else { return };
+            let Some(b) = n.content.base.clone() else {
+                return;
+            };
+            let srcs: Vec<(u64, ChunkSrc)> = (from..=to)
+                .filter(|i| i * cs < n.content.size)
+                .map(|i| (i, n.content.src(i, cs)))
+                .collect();
+            (n.object_id(), b, n.content.size, srcs)
+        };
+        let _ = size;
+        let Some(path) = self.remote_location(node) else {
+            return;
+        };
+        for (i, src) in srcs {
+            let ChunkSrc::Base { alias: None } = src else {
+                continue;
+            };
+            let key = crate::content::remote_key(&oid, &base.version, i);
+            if self.inner.cache.contains(&key) {
+                continue;
+            }
+            let Ok(permit) = self.inner.prefetch.clone().try_acquire_owned() else {
+                return;
+            };
+            let (vfs, path, version) = (self.clone(), path.clone(), base.version.clone());
+            tokio::spawn(async move {
+                let _ = vfs.fetch(path, key, version, i).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Writes `data` at `offset` (or at the end for O_APPEND) of the file open as `fh`.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let h = self.handle(fh)?;
+        if self.inner.cfg.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        if !h.flags.write {
+            return Err(FsError::BadHandle);
+        }
+        let node = h.node;
+        let lock_ = self.node_lock(node);
+        let _g = lock_.lock().await;
+        let cs = self.inner.cfg.chunk_size;
+        let offset = if h.flags.append {
+            lock(&self.inner.ns).get(node).map_or(0, |n| n.content.size)
+        } else {
+            offset
+        };
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::FileTooLarge)?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        for i in offset / cs..=(end - 1) / cs {
+            let start = i * cs;
+            let from = offset.max(start);
+            let to = end.min(start + cs);
+            let piece = &data[(from - offset) as usize..(to - offset) as usize];
+            let whole = from == start && to == start + cs;
+            let have = lock(&self.inner.bufs)
+                .get(&node)
+                .is_some_and(|b| b.contains_key(&i));
+            if !have {
+                let mut current = if whole {
+                    Vec::new()
+                } else {
+                    self.current_chunk(node, i).await?.to_vec()
+                };
+                current.truncate(cs as usize);
+                lock(&self.inner.bufs)
+                    .entry(node)
+                    .or_default()
+                    .insert(i, current);
+            }
+            let mut bufs = lock(&self.inner.bufs);
+            let chunk = bufs
+                .get_mut(&node)
+                .and_then(|b| b.get_mut(&i))
+                .ok_or(FsError::BadHandle)?;
+            let rel = (from - start) as usize;
+            if chunk.len() < rel + piece.len() {
+                chunk.resize(rel + piece.len(), 0);
+            }
+            chunk[rel..rel + piece.len()].copy_from_slice(piece);
+        }
+        {
+            let mut ns = lock(&self.inner.ns);
+            let n = ns.get_mut(node).ok_or(FsError::BadHandle)?;
+            if end > n.content.size {
+                n.content.size = end;
+            }
+            let now = SystemTime::now();
+            n.mtime = now;
+            n.ctime = now;
+            n.dirty = true;
+        }
+        self.spill(node, false).await?;
+        Ok(data.len() as u32)
+    }
+
+    /// The current bytes of chunk `i` of `node` (for a partial overwrite).
+    async fn current_chunk(&self, node: NodeId, i: u64) -> FsResult<Bytes> {
+        let cs = self.inner.cfg.chunk_size;
+        let (plan, oid, base_version, base_len, size) = {
+            let ns = lock(&self.inner.ns);
+            let n = ns.get(node).ok_or(FsError::BadHandle)?;
+            (
+                Plan {
+                    index: i,
+                    src: n.content.src(i, cs),
+                    buffered: None,
+                },
+                n.object_id(),
+                n.content.base.as_ref().map(|b| b.version.clone()),
+                n.content.base.as_ref().map_or(0, |b| b.len),
+                n.content.size,
+            )
+        };
+        let data = self
+            .chunk_bytes(node, &oid, base_version.as_ref(), &plan)
+            .await?;
+        let start = i * cs;
+        let mut valid = size.saturating_sub(start).min(cs) as usize;
+        if matches!(plan.src, ChunkSrc::Base { .. }) {
+            valid = valid.min(base_len.saturating_sub(start) as usize);
+        }
+        Ok(data.slice(..valid.min(data.len())))
+    }
+
+    /// Moves buffered chunks into the cache as dirty chunks of the current generation. `all`:
+    /// every chunk (a commit); else only when the buffer is over its size, keeping the chunk
+    /// being written.
+    async fn spill(&self, node: NodeId, all: bool) -> FsResult<Vec<(u64, Vec<u8>)>> {
+        let cs = self.inner.cfg.chunk_size;
+        let (oid, gen, size) = {
+            let ns = lock(&self.inner.ns);
+            let n = ns.get(node).ok_or(FsError::BadHandle)?;
+            (n.object_id(), n.content.gen, n.content.size)
+        };
+        let take: Vec<(u64, Vec<u8>)> = {
+            let mut bufs = lock(&self.inner.bufs);
+            let Some(b) = bufs.get_mut(&node) else {
+                return Ok(Vec::new());
+            };
+            if all {
+                std::mem::take(b).into_iter().collect()
+            } else if b.len() > self.inner.cfg.write_buffer_chunks {
+                // Spill full chunks first (sequential writers fill chunks in order).
+                let keys: Vec<u64> = b
+                    .iter()
+                    .filter(|(_, v)| v.len() as u64 == cs)
+                    .map(|(k, _)| *k)
+                    .collect();
+                keys.into_iter()
+                    .filter_map(|k| b.remove(&k).map(|v| (k, v)))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        };
+        if take.is_empty() {
+            return Ok(take);
+        }
+        let inline = all && size <= self.inner.cfg.inline_max;
+        let kind = if inline {
+            PutKind::DirtyUnsynced
+        } else {
+            PutKind::Dirty
+        };
+        for (i, data) in &take {
+            let key = local_key(&oid, gen, *i);
+            self.put_dirty(key, data.clone(), kind).await?;
+            let mut ns = lock(&self.inner.ns);
+            if let Some(n) = ns.get_mut(node) {
+                if *i * cs < n.content.size {
+                    n.content.local.insert(*i, gen);
+                    n.content.alias.remove(i);
+                }
+            }
+        }
+        Ok(if inline { take } else { Vec::new() })
+    }
+
+    /// Puts a dirty chunk, waiting while the cache is full of dirty data (the uploader frees
+    /// room); `NoSpace` only if nothing moves for a long time.
+    async fn put_dirty(&self, key: ChunkKey, data: Vec<u8>, kind: PutKind) -> FsResult<()> {
+        let data = Bytes::from(data);
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            match self
+                .inner
+                .cache
+                .put_async(key.clone(), data.clone(), kind)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(cache::CacheError::NoRoom { .. })
+                    if waited < self.inner.cfg.provider_timeout * 4 =>
+                {
+                    // Back-pressure: let the uploader make room.
+                    lock(&self.inner.queue).flush = true;
+                    self.inner.queue_changed.notify_one();
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    waited += std::time::Duration::from_millis(50);
+                }
+                Err(cache::CacheError::NoRoom { .. }) => return Err(FsError::NoSpace),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not store written data in the cache");
+                    return Err(FsError::io(e));
+                }
+            }
+        }
+    }
+
+    /// Makes the written state of `node` durable and queues it for upload (close, fsync).
+    pub(crate) async fn commit(&self, node: NodeId) -> FsResult<()> {
+        let lock_ = self.node_lock(node);
+        let _g = lock_.lock().await;
+        self.commit_locked(node).await
+    }
+
+    pub(crate) async fn commit_locked(&self, node: NodeId) -> FsResult<()> {
+        let dirty = lock(&self.inner.ns).get(node).is_some_and(|n| n.dirty);
+        if !dirty {
+            return Ok(());
+        }
+        let inline = self.spill(node, true).await?;
+        {
+            let mut ns = lock(&self.inner.ns);
+            let Some(path) = ns.path_of(node) else {
+                // Unlinked while open: nothing to upload.
+                if let Some(n) = ns.get_mut(node) {
+                    n.dirty = false;
+                }
+                return Ok(());
+            };
+            let Some(n) = ns.get_mut(node) else {
+                return Ok(());
+            };
+            let content = n.content.clone();
+            let rec = Record::Commit {
+                path,
+                node,
+                mtime: n.mtime,
+                inline: inline
+                    .into_iter()
+                    .filter(|(i, _)| content.local.get(i) == Some(&content.gen))
+                    .collect(),
+                content,
+            };
+            n.content.gen += 1;
+            n.dirty = false;
+            self.journal(&mut ns, rec)?;
+        }
+        self.sync_log().await
+    }
+
+    /// Commits every file with uncommitted writes (flush, unmount).
+    pub(crate) async fn commit_all(&self) -> FsResult<()> {
+        let dirty: Vec<NodeId> = lock(&self.inner.ns)
+            .nodes
+            .values()
+            .filter(|n| n.dirty)
+            .map(|n| n.id)
+            .collect();
+        for id in dirty {
+            self.commit(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets the size of `node` (truncate or extend) and commits.
+    pub(crate) async fn truncate(&self, node: NodeId, size: u64) -> FsResult<()> {
+        let lock_ = self.node_lock(node);
+        let _g = lock_.lock().await;
+        let cs = self.inner.cfg.chunk_size;
+        let old = lock(&self.inner.ns).get(node).map_or(0, |n| n.content.size);
+        if size < old && size % cs != 0 {
+            // The partial last chunk must read as zeros past the new end if the file grows again.
+            let i = size / cs;
+            let have = lock(&self.inner.bufs)
+                .get(&node)
+                .is_some_and(|b| b.contains_key(&i));
+            if !have {
+                let cur = self.current_chunk(node, i).await?.to_vec();
+                lock(&self.inner.bufs)
+                    .entry(node)
+                    .or_default()
+                    .insert(i, cur);
+            }
+            if let Some(c) = lock(&self.inner.bufs)
+                .get_mut(&node)
+                .and_then(|b| b.get_mut(&i))
+            {
+                c.truncate((size - i * cs) as usize);
+            }
+        }
+        {
+            let mut bufs = lock(&self.inner.bufs);
+            if let Some(b) = bufs.get_mut(&node) {
+                let first_gone = size.div_ceil(cs);
+                b.split_off(&first_gone);
+            }
+        }
+        {
+            let mut ns = lock(&self.inner.ns);
+            let n = ns.get_mut(node).ok_or(FsError::NotFound)?;
+            let mut c: Content = std::mem::take(&mut n.content);
+            c.truncate(size, cs);
+            n.content = c;
+            let now = SystemTime::now();
+            n.mtime = now;
+            n.ctime = now;
+            n.dirty = true;
+        }
+        self.commit_locked(node).await
+    }
+}
+
+impl crate::uploader::Queue {
+    /// Queued renames, newest first.
+    pub(crate) fn pending_renames_rev(&self) -> Vec<&Record> {
+        self.records()
+            .filter(|r| matches!(r, Record::Rename { .. }))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect()
+    }
+}

@@ -1,0 +1,794 @@
+//! The uploader: applies journal records to the provider in log order, independent paths in
+//! parallel (`--transfers`), commits after the write-back delay, with capped exponential backoff
+//! on retryable errors. Each applied record gets an `Applied` marker in the log, so a restart
+//! neither loses nor repeats work: a record is re-applied only if its marker was not durable,
+//! and every apply is idempotent against its own earlier success (a re-upload that finds its own
+//! bytes on the provider is recognised as done).
+//!
+//! Uploads are conditional on the version the file was based on (`IfMatch`, or `IfNotExists` for
+//! a new file). When the provider has another version, the remote one stays at the name and the
+//! local one is written beside it as `NAME.conflict-<host>-<YYYYMMDD-HHMMSS>[-N].EXT`: nothing
+//! is silently overwritten.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::content::{local_key, remote_key, ChunkSrc, Content};
+use crate::error::FsError;
+use crate::journal::Record;
+use crate::namespace::RemoteState;
+use crate::provider::{
+    ByteStream, ObjectAttrs, Precondition, ProviderError, RemoteEntry, RemotePath,
+};
+use crate::types::{FileKind, NodeId};
+use crate::vfs::{lock, replay_applied, Vfs};
+use crate::wal::Lsn;
+
+/// Longest wait between retries of a failing record.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Entries looked at per scheduling round (the rest wait their turn; keeps rounds cheap with
+/// tens of thousands queued).
+const SCAN_WINDOW: usize = 512;
+
+#[derive(Clone, Debug)]
+struct Entry {
+    rec: Record,
+    ready: Instant,
+    in_flight: bool,
+    attempts: u32,
+    retry_at: Option<Instant>,
+}
+
+/// Records waiting for the provider.
+#[derive(Debug, Default)]
+pub(crate) struct Queue {
+    entries: BTreeMap<Lsn, Entry>,
+    /// Every record below this LSN is applied.
+    pub applied_below: Lsn,
+    /// Applied records at or above `applied_below`.
+    pub applied: BTreeSet<Lsn>,
+    pub offline_since: Option<SystemTime>,
+    /// Make every entry ready now (flush, unmount).
+    pub flush: bool,
+}
+
+impl Queue {
+    pub fn push(&mut self, lsn: Lsn, rec: Record, ready: Instant) {
+        self.entries.insert(
+            lsn,
+            Entry {
+                rec,
+                ready,
+                in_flight: false,
+                attempts: 0,
+                retry_at: None,
+            },
+        );
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.entries.values().filter(|e| e.in_flight).count()
+    }
+
+    pub fn lsns(&self) -> Vec<Lsn> {
+        self.entries.keys().copied().collect()
+    }
+
+    /// Queued records in log order.
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.entries.values().map(|e| &e.rec)
+    }
+
+    pub fn contains(&self, lsn: Lsn) -> bool {
+        self.entries.contains_key(&lsn)
+    }
+
+    /// Whether a record after `lsn` supersedes the commit at `lsn` (a later commit or removal of
+    /// the same node).
+    fn superseded(&self, lsn: Lsn, node: NodeId) -> bool {
+        self.entries.range(lsn + 1..).any(|(_, e)| {
+            e.rec.node() == node && matches!(e.rec, Record::Commit { .. } | Record::Remove { .. })
+        })
+    }
+
+    /// Picks records that may start now: ready, not failing, and touching no path that an
+    /// earlier unfinished record touches. Returns them and when to look again.
+    fn runnable(&mut self, now: Instant, slots: usize) -> (Vec<(Lsn, Record)>, Option<Instant>) {
+        let mut out = Vec::new();
+        let mut blocked: Vec<RemotePath> = Vec::new();
+        let mut wake: Option<Instant> = None;
+        for (lsn, e) in self.entries.iter_mut().take(SCAN_WINDOW) {
+            let paths: Vec<RemotePath> = e.rec.paths().into_iter().cloned().collect();
+            let free = !paths
+                .iter()
+                .any(|p| blocked.iter().any(|b| p.starts_with(b) || b.starts_with(p)));
+            let ready_at = match e.retry_at {
+                Some(r) => r.max(if self.flush { now } else { e.ready }),
+                None if self.flush => now,
+                None => e.ready,
+            };
+            if !e.in_flight && free && out.len() < slots && ready_at <= now {
+                e.in_flight = true;
+                out.push((*lsn, e.rec.clone()));
+            } else if !e.in_flight && ready_at > now {
+                wake = Some(wake.map_or(ready_at, |w: Instant| w.min(ready_at)));
+            }
+            blocked.extend(paths);
+        }
+        (out, wake)
+    }
+
+    fn complete(&mut self, lsn: Lsn) {
+        self.entries.remove(&lsn);
+        self.applied.insert(lsn);
+        let floor = self.entries.keys().next().copied();
+        if let Some(f) = floor {
+            self.applied_below = f;
+            self.applied = self.applied.split_off(&f);
+        } else {
+            self.applied_below = self
+                .applied
+                .iter()
+                .next_back()
+                .map_or(self.applied_below, |l| l + 1);
+            self.applied.clear();
+        }
+    }
+
+    fn defer(&mut self, lsn: Lsn) -> Duration {
+        let Some(e) = self.entries.get_mut(&lsn) else {
+            return Duration::ZERO;
+        };
+        e.in_flight = false;
+        e.attempts += 1;
+        let backoff = Duration::from_millis(250 << e.attempts.min(8)).min(MAX_BACKOFF);
+        // Jitter (up to a quarter) keeps many mounts from retrying in step.
+        let jitter = backoff.mul_f64(f64::from(lsn as u32 % 97) / 388.0);
+        e.retry_at = Some(Instant::now() + backoff + jitter);
+        backoff
+    }
+}
+
+/// What applying a record produced.
+enum Outcome {
+    /// Done; the provider now has this for the node (if it said).
+    Applied(Option<RemoteEntry>),
+    /// Nothing to do any more (superseded, already there, or not on the provider).
+    Skipped,
+}
+
+impl Vfs {
+    /// Starts the uploader on the current tokio runtime. It runs until the VFS is dropped.
+    pub fn spawn_uploader(&self) -> tokio::task::JoinHandle<()> {
+        let weak = std::sync::Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.shutdown.load(Ordering::SeqCst) {
+                    return;
+                }
+                let vfs = Vfs { inner };
+                let (batch, wake) = {
+                    let mut q = lock(&vfs.inner.queue);
+                    let slots = vfs.inner.cfg.transfers.saturating_sub(q.in_flight());
+                    q.runnable(Instant::now(), slots)
+                };
+                for (lsn, rec) in batch {
+                    let v = vfs.clone();
+                    tokio::spawn(async move { v.apply(lsn, rec).await });
+                }
+                let changed = vfs.inner.queue_changed.clone();
+                drop(vfs);
+                let notified = changed.notified();
+                let sleep = match wake {
+                    Some(w) => tokio::time::sleep_until(w.into()),
+                    None => tokio::time::sleep(Duration::from_secs(1)),
+                };
+                tokio::select! {
+                    () = notified => {}
+                    () = sleep => {}
+                }
+            }
+        })
+    }
+
+    /// Makes everything queued ready now and waits until the queue is empty, or fails if it
+    /// stops making progress for `stall` (provider unreachable, a record failing).
+    pub async fn flush_all(&self, stall: Duration) -> Result<(), FsError> {
+        self.commit_all().await?;
+        lock(&self.inner.queue).flush = true;
+        self.inner.queue_changed.notify_one();
+        let mut last = (usize::MAX, Instant::now());
+        let result = loop {
+            let n = lock(&self.inner.queue).len();
+            if n == 0 {
+                break Ok(());
+            }
+            if n < last.0 {
+                last = (n, Instant::now());
+            } else if last.1.elapsed() > stall {
+                let why = lock(&self.inner.last_error)
+                    .clone()
+                    .unwrap_or_else(|| "no progress".into());
+                break Err(FsError::Io(format!(
+                    "{n} operations still queued for the provider: {why}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        lock(&self.inner.queue).flush = false;
+        result
+    }
+
+    async fn apply(&self, lsn: Lsn, rec: Record) {
+        let deadline = self.inner.cfg.provider_timeout * 4;
+        let result = match tokio::time::timeout(deadline, self.apply_record(lsn, &rec)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError::TimedOut),
+        };
+        match result {
+            Ok(outcome) => {
+                let remote = match outcome {
+                    Outcome::Applied(Some(e)) => Some((e.version, e.size)),
+                    Outcome::Applied(None) | Outcome::Skipped => None,
+                };
+                if let Err(e) = self.finish(lsn, &rec, remote).await {
+                    self.set_error(&e);
+                    tracing::error!(error = %e, lsn, "could not record an applied operation");
+                }
+            }
+            Err(e) => {
+                let unreachable = e.is_unreachable();
+                let backoff = lock(&self.inner.queue).defer(lsn);
+                if unreachable {
+                    lock(&self.inner.queue)
+                        .offline_since
+                        .get_or_insert_with(SystemTime::now);
+                }
+                tracing::warn!(error = %e, lsn, ?backoff, "provider operation failed; will retry");
+                self.set_error(format!("{e}"));
+                let inner = self.inner.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(backoff).await;
+                    inner.queue_changed.notify_one();
+                });
+            }
+        }
+    }
+
+    /// Journals the `Applied` marker and updates the namespace with what the provider has now.
+    async fn finish(
+        &self,
+        lsn: Lsn,
+        rec: &Record,
+        remote: Option<(cache::Version, u64)>,
+    ) -> Result<(), FsError> {
+        let inner = &self.inner;
+        let released = {
+            let mut ns = lock(&inner.ns);
+            inner
+                .wal
+                .append(
+                    &Record::Applied {
+                        lsn,
+                        remote: remote.clone(),
+                    }
+                    .encode(),
+                )
+                .map_err(FsError::io)?;
+            replay_applied(&mut ns, rec, remote.as_ref());
+            let id = rec.node();
+            if let Some(n) = ns.get_mut(id) {
+                n.pending = n.pending.saturating_sub(1);
+            }
+            match rec {
+                Record::Remove { path, .. } => ns.remove_tombstone(path),
+                Record::Rename { from, .. } => ns.remove_tombstone(from),
+                _ => {}
+            }
+            let mut q = lock(&inner.queue);
+            q.complete(lsn);
+            q.offline_since = None;
+            drop(q);
+            // Dirty chunks of an uploaded commit that nothing references any more.
+            match rec {
+                Record::Commit { content, node, .. } => {
+                    self.unreferenced_chunks(&ns, *node, content)
+                }
+                _ => Vec::new(),
+            }
+        };
+        for (key, keep_clean) in released {
+            let r = if keep_clean {
+                inner.cache.mark_clean(&key)
+            } else {
+                inner.cache.remove(&key)
+            };
+            if let Err(e) = r {
+                if !matches!(e, cache::CacheError::NotCached) {
+                    tracing::warn!(error = %e, "could not release an uploaded chunk");
+                }
+            }
+        }
+        inner.queue_changed.notify_one();
+        self.sync_log().await
+    }
+
+    /// Chunks of `committed` no longer needed dirty: `(key, still referenced as a clean copy)`.
+    fn unreferenced_chunks(
+        &self,
+        ns: &crate::namespace::Namespace,
+        node: NodeId,
+        committed: &Content,
+    ) -> Vec<(cache::ChunkKey, bool)> {
+        let q = lock(&self.inner.queue);
+        let mut needed_dirty = BTreeSet::new();
+        for e in q.entries.values() {
+            if let Record::Commit {
+                node: n, content, ..
+            } = &e.rec
+            {
+                if *n == node {
+                    needed_dirty.extend(content.local.iter().map(|(i, g)| (*i, *g)));
+                }
+            }
+        }
+        let (current_local, current_alias, oid) = match ns.get(node) {
+            Some(n) => (
+                n.content
+                    .local
+                    .iter()
+                    .map(|(i, g)| (*i, *g))
+                    .collect::<BTreeSet<_>>(),
+                n.content
+                    .alias
+                    .iter()
+                    .map(|(i, g)| (*i, *g))
+                    .collect::<BTreeSet<_>>(),
+                n.object_id(),
+            ),
+            None => (
+                BTreeSet::new(),
+                BTreeSet::new(),
+                cache::ObjectId::from(format!("n{}.0", node.0)),
+            ),
+        };
+        needed_dirty.extend(current_local.iter().copied());
+        committed
+            .local
+            .iter()
+            .map(|(i, g)| (*i, *g))
+            .filter(|c| !needed_dirty.contains(c))
+            .map(|(i, g)| (local_key(&oid, g, i), current_alias.contains(&(i, g))))
+            .collect()
+    }
+
+    async fn apply_record(&self, lsn: Lsn, rec: &Record) -> Result<Outcome, ProviderError> {
+        let p = &self.inner.provider;
+        match rec {
+            Record::Mkdir { path, .. } => match p.mkdir(path).await {
+                Ok(e) => Ok(Outcome::Applied(Some(e))),
+                Err(ProviderError::AlreadyExists(_)) => match p.stat(path).await {
+                    Ok(e) if e.kind == crate::provider::EntryKind::Dir => {
+                        Ok(Outcome::Applied(Some(e)))
+                    }
+                    Ok(_) => Err(ProviderError::AlreadyExists(path.clone())),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
+            Record::Create { .. } => Ok(Outcome::Skipped),
+            Record::Symlink { path, target, .. } => match p.symlink(path, target).await {
+                Ok(e) => Ok(Outcome::Applied(Some(e))),
+                Err(ProviderError::AlreadyExists(_)) => match p.stat(path).await {
+                    Ok(e) if e.symlink_target.as_deref() == Some(target) => {
+                        Ok(Outcome::Applied(Some(e)))
+                    }
+                    _ => Err(ProviderError::AlreadyExists(path.clone())),
+                },
+                Err(ProviderError::NotSupported(_)) => Ok(Outcome::Skipped),
+                Err(e) => Err(e),
+            },
+            Record::Remove { path, node, dir } => {
+                let known = self.remote_version(*node);
+                let r = if *dir {
+                    p.rmdir(path).await
+                } else {
+                    let pre = known.map_or(Precondition::None, Precondition::IfMatch);
+                    p.delete(path, pre).await
+                };
+                match r {
+                    Ok(()) | Err(ProviderError::NotFound(_)) => Ok(Outcome::Skipped),
+                    // Changed remotely since we last saw it: the remote data is kept.
+                    Err(ProviderError::PreconditionFailed { .. }) => {
+                        tracing::info!(%path, "not deleting: changed on the provider meanwhile");
+                        Ok(Outcome::Skipped)
+                    }
+                    Err(ProviderError::NotEmpty(_)) => {
+                        tracing::info!(%path, "not removing: the provider has entries in it we did not know");
+                        Ok(Outcome::Skipped)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Record::Rename { from, to, node, .. } => {
+                if self.remote_version(*node).is_none() && !self.is_dir(*node) {
+                    return Ok(Outcome::Skipped);
+                }
+                match p.rename(from, to, true).await {
+                    Ok(e) => Ok(Outcome::Applied(Some(e))),
+                    Err(ProviderError::NotFound(_)) => Ok(Outcome::Skipped),
+                    Err(e) => Err(e),
+                }
+            }
+            Record::SetAttr {
+                path,
+                node,
+                perm,
+                mtime,
+            } => {
+                if self.remote_version(*node).is_none() || !p.capabilities().attrs {
+                    return Ok(Outcome::Skipped);
+                }
+                let attrs = ObjectAttrs {
+                    mode: perm.map(u32::from),
+                    mtime: *mtime,
+                };
+                match p.set_attrs(path, attrs).await {
+                    Ok(e) => Ok(Outcome::Applied(Some(e))),
+                    Err(ProviderError::NotFound(_)) | Err(ProviderError::NotSupported(_)) => {
+                        Ok(Outcome::Skipped)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Record::Commit {
+                path,
+                node,
+                content,
+                mtime,
+                ..
+            } => {
+                if lock(&self.inner.queue).superseded(lsn, *node) {
+                    return Ok(Outcome::Skipped);
+                }
+                self.upload(path, *node, content, *mtime).await
+            }
+            Record::Applied { .. } => Ok(Outcome::Skipped),
+        }
+    }
+
+    fn remote_version(&self, node: NodeId) -> Option<cache::Version> {
+        lock(&self.inner.ns)
+            .get(node)
+            .and_then(|n| n.remote.as_ref().map(|r| r.version.clone()))
+    }
+
+    fn is_dir(&self, node: NodeId) -> bool {
+        lock(&self.inner.ns)
+            .get(node)
+            .is_some_and(|n| n.kind == FileKind::Dir)
+    }
+
+    async fn upload(
+        &self,
+        path: &RemotePath,
+        node: NodeId,
+        content: &Content,
+        mtime: SystemTime,
+    ) -> Result<Outcome, ProviderError> {
+        let (oid, perm, known) = {
+            let ns = lock(&self.inner.ns);
+            match ns.get(node) {
+                Some(n) => (n.object_id(), n.perm, n.remote.clone()),
+                None => return Ok(Outcome::Skipped),
+            }
+        };
+        let pre = match &known {
+            Some(r) => Precondition::IfMatch(r.version.clone()),
+            None => Precondition::IfNotExists,
+        };
+        let attrs = ObjectAttrs {
+            mode: Some(u32::from(perm)),
+            mtime: Some(mtime),
+        };
+        let body = self.body(path.clone(), oid.clone(), content.clone());
+        match self
+            .inner
+            .provider
+            .write(path, body, content.size, pre, attrs)
+            .await
+        {
+            Ok(e) => {
+                self.inner.counters.uploads.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .counters
+                    .uploaded_bytes
+                    .fetch_add(content.size, Ordering::Relaxed);
+                Ok(Outcome::Applied(Some(e)))
+            }
+            Err(ProviderError::PreconditionFailed { .. } | ProviderError::AlreadyExists(_)) => {
+                self.resolve_conflict(path, node, &oid, content, attrs, known)
+                    .await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The provider has something else at `path` than the version our commit was based on.
+    /// If it is our own bytes (an upload whose marker was lost in a crash), that is success;
+    /// otherwise keep both: ours goes beside it under a conflict name.
+    async fn resolve_conflict(
+        &self,
+        path: &RemotePath,
+        node: NodeId,
+        oid: &cache::ObjectId,
+        content: &Content,
+        attrs: ObjectAttrs,
+        known: Option<RemoteState>,
+    ) -> Result<Outcome, ProviderError> {
+        let p = &self.inner.provider;
+        let current = match p.stat(path).await {
+            Ok(e) => Some(e),
+            Err(ProviderError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(cur) = &current {
+            if cur.kind == crate::provider::EntryKind::File
+                && cur.size == content.size
+                && self
+                    .same_as_remote(path, &cur.version, oid, content)
+                    .await?
+            {
+                return Ok(Outcome::Applied(Some(cur.clone())));
+            }
+        }
+        if current.is_none() {
+            // Deleted remotely: the local data is kept, at its name.
+            let body = self.body(path.clone(), oid.clone(), content.clone());
+            let e = p
+                .write(path, body, content.size, Precondition::IfNotExists, attrs)
+                .await?;
+            return Ok(Outcome::Applied(Some(e)));
+        }
+        let _ = known;
+        let mut n = 1;
+        loop {
+            let name = conflict_name(path.name(), &self.inner.hostname, SystemTime::now(), n);
+            let Some(cpath) = path.parent().and_then(|d| d.join(&name)) else {
+                return Err(ProviderError::InvalidName {
+                    name,
+                    reason: "conflict name",
+                });
+            };
+            let body = self.body(path.clone(), oid.clone(), content.clone());
+            match p
+                .write(&cpath, body, content.size, Precondition::IfNotExists, attrs)
+                .await
+            {
+                Ok(_) => {
+                    self.inner
+                        .counters
+                        .conflicts
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%path, conflict = %cpath, "changed on both sides: kept both");
+                    self.set_error(format!(
+                        "conflict: {path} kept, local version saved as {cpath}"
+                    ));
+                    // The node now shows the remote version; the copy appears on the next listing.
+                    let cur = current.clone();
+                    {
+                        let mut ns = lock(&self.inner.ns);
+                        if let (Some(nd), Some(cur)) = (ns.get_mut(node), cur.as_ref()) {
+                            nd.content = Content::remote(cur.version.clone(), cur.size);
+                            nd.cached_version = None;
+                        }
+                        if let Some(parent) = ns.get(node).map(|nd| nd.parent) {
+                            if let Some(d) = ns.get_mut(parent) {
+                                d.listed_at = None;
+                            }
+                        }
+                    }
+                    self.invalidate_inode(node);
+                    return Ok(Outcome::Applied(current));
+                }
+                Err(ProviderError::AlreadyExists(_) | ProviderError::PreconditionFailed { .. })
+                    if n < 100 =>
+                {
+                    n += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether the provider's file at `path`/`version` has exactly the bytes of `content`.
+    async fn same_as_remote(
+        &self,
+        path: &RemotePath,
+        version: &cache::Version,
+        oid: &cache::ObjectId,
+        content: &Content,
+    ) -> Result<bool, ProviderError> {
+        let cs = self.inner.cfg.chunk_size;
+        let chunks = content.size.div_ceil(cs);
+        for i in 0..chunks {
+            let len = cs.min(content.size - i * cs);
+            let theirs = crate::provider::collect(
+                self.inner.provider.read(path, version, i * cs, len).await?,
+            )
+            .await?;
+            let ours = self
+                .chunk_for_upload(path, oid, content, i)
+                .await
+                .map_err(|e| ProviderError::Other {
+                    message: e.to_string(),
+                    retryable: true,
+                })?;
+            if theirs[..] != ours[..] {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The bytes of `content` as a stream of chunks, for an upload.
+    fn body(&self, path: RemotePath, oid: cache::ObjectId, content: Content) -> ByteStream {
+        let cs = self.inner.cfg.chunk_size;
+        let chunks = content.size.div_ceil(cs);
+        let vfs = self.clone();
+        Box::pin(futures::stream::iter(0..chunks).then(move |i| {
+            let (vfs, path, oid, content) =
+                (vfs.clone(), path.clone(), oid.clone(), content.clone());
+            async move {
+                vfs.chunk_for_upload(&path, &oid, &content, i)
+                    .await
+                    .map_err(|e| ProviderError::Other {
+                        message: e.to_string(),
+                        retryable: true,
+                    })
+            }
+        }))
+    }
+
+    /// Chunk `i` of `content`, exactly as long as it is in the file.
+    async fn chunk_for_upload(
+        &self,
+        path: &RemotePath,
+        oid: &cache::ObjectId,
+        content: &Content,
+        i: u64,
+    ) -> Result<Bytes, FsError> {
+        let cs = self.inner.cfg.chunk_size;
+        let len = cs.min(content.size.saturating_sub(i * cs)) as usize;
+        let data = match content.src(i, cs) {
+            ChunkSrc::Hole => Bytes::new(),
+            ChunkSrc::Local(g) => match self.inner.cache.get(&local_key(oid, g, i)) {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    return Err(FsError::Io(format!(
+                        "local data of chunk {i} of {path} is missing from the cache"
+                    )))
+                }
+                Err(e) => return Err(FsError::io(e)),
+            },
+            ChunkSrc::Base { alias } => {
+                let base = content.base.as_ref().ok_or(FsError::BadHandle)?;
+                let valid = base.len.saturating_sub(i * cs).min(cs) as usize;
+                let mut b = self.base_chunk(path, oid, &base.version, i, alias).await?;
+                if b.len() > valid {
+                    b.truncate(valid);
+                }
+                b
+            }
+        };
+        if data.len() == len {
+            return Ok(data);
+        }
+        let mut v = data.to_vec();
+        v.resize(len, 0);
+        Ok(Bytes::from(v))
+    }
+
+    /// A base chunk from its alias, the cache, or the provider.
+    pub(crate) async fn base_chunk(
+        &self,
+        path: &RemotePath,
+        oid: &cache::ObjectId,
+        version: &cache::Version,
+        i: u64,
+        alias: Option<u64>,
+    ) -> Result<Bytes, FsError> {
+        if let Some(g) = alias {
+            if let Ok(Some(b)) = self.inner.cache.get(&local_key(oid, g, i)) {
+                return Ok(b);
+            }
+        }
+        let key = remote_key(oid, version, i);
+        self.fetch(path.clone(), key, version.clone(), i).await
+    }
+}
+
+/// `NAME.conflict-<host>-<YYYYMMDD-HHMMSS>[-N].EXT` (the extension kept last, so programs still
+/// know the file type).
+pub fn conflict_name(name: &str, host: &str, at: SystemTime, n: u32) -> String {
+    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (y, mo, d, h, mi, s) = civil(secs);
+    let stamp = format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}");
+    let suffix = if n > 1 {
+        format!("-{n}")
+    } else {
+        String::new()
+    };
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match name.rfind('.') {
+        Some(dot) if dot > 0 => format!(
+            "{}.conflict-{host}-{stamp}{suffix}{}",
+            &name[..dot],
+            &name[dot..]
+        ),
+        _ => format!("{name}.conflict-{host}-{stamp}{suffix}"),
+    }
+}
+
+/// UTC calendar fields of a Unix time (days-from-civil, Howard Hinnant's algorithm).
+fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        ((rem % 3600) / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_names_keep_the_extension() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_763_769_600 + 3661); // 2025-11-22 01:01:01
+        assert_eq!(
+            conflict_name("report.docx", "laptop", t, 1),
+            "report.conflict-laptop-20251122-010101.docx"
+        );
+        assert_eq!(
+            conflict_name("Makefile", "h", t, 2),
+            "Makefile.conflict-h-20251122-010101-2"
+        );
+        assert_eq!(
+            conflict_name(".bashrc", "h", t, 1),
+            ".bashrc.conflict-h-20251122-010101"
+        );
+    }
+}

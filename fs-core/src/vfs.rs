@@ -1,0 +1,664 @@
+//! The VFS: one async method per file-system operation over the namespace, the encrypted cache,
+//! the write-ahead log and the provider. Adapters (FUSE, WinFSP) call these and map `FsError`.
+//!
+//! # Life of a change
+//! 1. An operation validates and changes the in-memory namespace, appends a journal record to
+//!    the WAL (under the namespace lock, so log order is namespace order), then waits for the
+//!    record to be durable (group commit) before it returns.
+//! 2. The record is queued for the uploader (`uploader.rs`), which applies it to the provider
+//!    in log order (independent paths in parallel) and journals an `Applied` marker.
+//! 3. A checkpoint (`snapshot.rs`) saves the namespace; the log before it is discarded once
+//!    applied.
+//!
+//! After a crash, [`Vfs::open`] loads the last checkpoint, replays the log into the namespace,
+//! requeues what was not applied, and drops dirty chunks no committed record references.
+//!
+//! # State of a file's data
+//! `Clean → Dirty (written, in the write buffer or dirty chunks) → Committed (close/fsync: a
+//! Commit record; durable) → Uploading → Clean (rebased on the new remote version) | Conflict`.
+//!
+//! # Lock order
+//! per-node async lock (`node_lock`) → `ns` → `bufs` → `handles` → `queue`; the WAL's and the
+//! cache's own locks are leaves. No std mutex is held across an `.await`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use cache::{ChunkCache, ChunkKey, PutKind, SingleFlight};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::config::VfsConfig;
+use crate::content::{local_key, Content};
+use crate::error::{FsError, FsResult};
+use crate::journal::Record;
+use crate::namespace::{Namespace, Node, RemoteState};
+use crate::provider::{Provider, RemotePath};
+use crate::snapshot::{Checkpoint, SnapshotStore};
+use crate::types::{Attr, FileKind, NodeId, OpenFlags};
+use crate::uploader::Queue;
+use crate::wal::{Lsn, SpaceAccountant, Wal, WalError};
+
+/// Tells the kernel to forget what it cached (FUSE notifications); set by the adapter.
+pub trait Invalidator: Send + Sync {
+    /// Attributes and cached pages of `ino`.
+    fn inval_inode(&self, ino: NodeId);
+    /// The entry `name` in `parent`.
+    fn inval_entry(&self, parent: NodeId, name: &str);
+}
+
+/// An open file.
+#[derive(Clone, Debug)]
+pub(crate) struct Handle {
+    pub node: NodeId,
+    pub flags: OpenFlags,
+    /// Where a sequential reader's next read starts.
+    pub next_offset: u64,
+    /// Current read-ahead window in chunks (grows while reads are sequential).
+    pub window: u64,
+    /// Last chunk prefetched.
+    pub prefetched_to: u64,
+}
+
+/// Chunks written but not yet in the cache: chunk index → bytes (at most a chunk).
+pub(crate) type WriteBuf = BTreeMap<u64, Vec<u8>>;
+
+/// Figures for `mountctl status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    pub cache_used: u64,
+    pub cache_limit: u64,
+    pub dirty_bytes: u64,
+    pub pinned_bytes: u64,
+    /// Journal records waiting for the provider.
+    pub queued: u64,
+    pub in_flight: u64,
+    pub last_error: Option<String>,
+    /// Chunks fetched from the provider, and their bytes.
+    pub fetches: u64,
+    pub fetched_bytes: u64,
+    /// Files uploaded and their bytes.
+    pub uploads: u64,
+    pub uploaded_bytes: u64,
+    pub conflicts: u64,
+    pub offline_since: Option<SystemTime>,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub fetches: AtomicU64,
+    pub fetched_bytes: AtomicU64,
+    pub uploads: AtomicU64,
+    pub uploaded_bytes: AtomicU64,
+    pub conflicts: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    pub cfg: VfsConfig,
+    pub cache: Arc<ChunkCache>,
+    pub provider: Arc<dyn Provider>,
+    pub ns: Mutex<Namespace>,
+    pub wal: Wal,
+    pub snapshots: Mutex<SnapshotStore>,
+    pub handles: Mutex<HashMap<u64, Handle>>,
+    pub next_fh: AtomicU64,
+    pub bufs: Mutex<HashMap<NodeId, WriteBuf>>,
+    pub node_locks: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
+    pub flights: SingleFlight<ChunkKey, Result<Bytes, FsError>>,
+    pub prefetch: Arc<Semaphore>,
+    pub queue: Mutex<Queue>,
+    pub queue_changed: Arc<Notify>,
+    pub invalidator: Mutex<Option<Arc<dyn Invalidator>>>,
+    pub counters: Counters,
+    pub last_error: Mutex<Option<String>>,
+    pub hostname: String,
+    /// Set by [`Vfs::close`]: background tasks stop.
+    pub shutdown: std::sync::atomic::AtomicBool,
+}
+
+/// The file system. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Vfs {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct CacheAccountant(Arc<ChunkCache>);
+
+impl SpaceAccountant for CacheAccountant {
+    fn charge(&self, bytes: u64) -> Result<(), WalError> {
+        self.0.charge_external(bytes).map_err(|e| WalError::NoRoom {
+            reason: e.to_string(),
+        })
+    }
+    fn release(&self, bytes: u64) {
+        self.0.release_external(bytes);
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "host".to_string())
+}
+
+impl Vfs {
+    /// Opens the drive over `cache` (already unlocked) and `provider`: loads the last checkpoint,
+    /// replays the write-ahead log, and requeues what the provider does not have yet. Works
+    /// offline: nothing here calls the provider. Start the uploader with [`Vfs::spawn_uploader`].
+    pub fn new(
+        cfg: VfsConfig,
+        cache: Arc<ChunkCache>,
+        provider: Arc<dyn Provider>,
+    ) -> FsResult<Vfs> {
+        if cfg.chunk_size == 0 || cfg.chunk_size > 16 << 20 {
+            return Err(FsError::InvalidArgument);
+        }
+        let dir = cache.dir().to_path_buf();
+        let (snapshots, loaded) = SnapshotStore::load(&dir, &cache).map_err(FsError::io)?;
+        let (mut ns, cp) = match loaded {
+            Some((ns, cp)) => (ns, cp),
+            None => (Namespace::new(SystemTime::now()), Checkpoint::default()),
+        };
+        if let Some(root) = ns.get_mut(NodeId::ROOT) {
+            // The root always exists on the provider.
+            root.remote.get_or_insert(RemoteState {
+                version: cache::Version::from(""),
+                size: 0,
+            });
+        }
+        let from = cp.lsn.min(cp.applied_below).max(1);
+        let (wal, raw) = Wal::open(
+            &dir.join("wal"),
+            cache.record_cipher("wal"),
+            Arc::new(CacheAccountant(cache.clone())),
+            from,
+        )
+        .map_err(FsError::io)?;
+
+        let mut applied: HashSet<Lsn> = cp.applied.iter().copied().collect();
+        let mut records: Vec<(Lsn, Record)> = Vec::with_capacity(raw.len());
+        for (lsn, payload) in raw {
+            let rec = Record::decode(&payload).map_err(FsError::io)?;
+            records.push((lsn, rec));
+        }
+        let by_lsn: HashMap<Lsn, usize> = records
+            .iter()
+            .enumerate()
+            .map(|(i, (l, _))| (*l, i))
+            .collect();
+        for (lsn, rec) in &records {
+            match rec {
+                Record::Applied {
+                    lsn: target,
+                    remote,
+                } => {
+                    applied.insert(*target);
+                    if *lsn >= cp.lsn {
+                        if let Some(&i) = by_lsn.get(target) {
+                            replay_applied(&mut ns, &records[i].1, remote.as_ref());
+                        }
+                    }
+                }
+                rec if *lsn >= cp.lsn => replay(&mut ns, rec),
+                _ => {}
+            }
+        }
+        let mut queue = Queue::default();
+        let now = Instant::now();
+        for (lsn, rec) in &records {
+            if matches!(rec, Record::Applied { .. })
+                || *lsn < cp.applied_below
+                || applied.contains(lsn)
+            {
+                continue;
+            }
+            queue.push(*lsn, rec.clone(), now);
+            if let Some(n) = ns.get_mut(rec.node()) {
+                n.pending += 1;
+            }
+            match rec {
+                Record::Remove { path, .. } => ns.add_tombstone(path.clone()),
+                Record::Rename { from, .. } => ns.add_tombstone(from.clone()),
+                _ => {}
+            }
+        }
+        let queue_lsns: Vec<Lsn> = queue.lsns();
+        let applied_below = queue_lsns.first().copied().unwrap_or(wal.next_lsn());
+        queue.applied_below = applied_below;
+        queue.applied = applied
+            .into_iter()
+            .filter(|l| *l >= applied_below)
+            .collect();
+
+        let inner = Inner {
+            prefetch: Arc::new(Semaphore::new(
+                (cfg.prefetch_budget / cfg.chunk_size).max(1) as usize,
+            )),
+            cfg,
+            cache,
+            provider,
+            ns: Mutex::new(ns),
+            wal,
+            snapshots: Mutex::new(snapshots),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            bufs: Mutex::new(HashMap::new()),
+            node_locks: Mutex::new(HashMap::new()),
+            flights: SingleFlight::new(),
+            queue: Mutex::new(queue),
+            queue_changed: Arc::new(Notify::new()),
+            invalidator: Mutex::new(None),
+            counters: Counters::default(),
+            last_error: Mutex::new(None),
+            hostname: hostname(),
+            shutdown: std::sync::atomic::AtomicBool::new(false),
+        };
+        let vfs = Vfs {
+            inner: Arc::new(inner),
+        };
+        vfs.restore_committed_chunks(&records)?;
+        tracing::info!(
+            replayed = records.len(),
+            queued = lock(&vfs.inner.queue).len(),
+            "drive opened"
+        );
+        Ok(vfs)
+    }
+
+    /// After a crash: inline chunks of commits are written back into the cache if missing, and
+    /// dirty chunks that no committed content references (written, never closed or fsync'd)
+    /// are dropped.
+    fn restore_committed_chunks(&self, records: &[(Lsn, Record)]) -> FsResult<()> {
+        let inner = &self.inner;
+        let mut keep = HashSet::new();
+        {
+            let ns = lock(&inner.ns);
+            for n in ns.nodes.values() {
+                if n.kind == FileKind::File {
+                    let oid = n.object_id();
+                    for (i, g) in n.content.local_chunks() {
+                        keep.insert(inner.cache.name_of(&local_key(&oid, g, i)));
+                    }
+                }
+            }
+        }
+        let queue = lock(&inner.queue);
+        for (lsn, rec) in records {
+            if let Record::Commit {
+                node,
+                content,
+                inline,
+                ..
+            } = rec
+            {
+                if !queue.contains(*lsn) {
+                    continue;
+                }
+                let gen_of = |i: u64| content.local.get(&i).copied();
+                let oid = {
+                    let ns = lock(&inner.ns);
+                    ns.get(*node).map(|n| n.object_id())
+                }
+                .unwrap_or_else(|| cache::ObjectId::from(format!("n{}.0", node.0)));
+                for (i, g) in content.local_chunks() {
+                    keep.insert(inner.cache.name_of(&local_key(&oid, g, i)));
+                }
+                for (i, data) in inline {
+                    let Some(g) = gen_of(*i) else { continue };
+                    let key = local_key(&oid, g, *i);
+                    let intact = matches!(inner.cache.get(&key), Ok(Some(b)) if b[..] == data[..]);
+                    if !intact {
+                        inner.cache.put(&key, data, PutKind::Dirty)?;
+                    }
+                }
+            }
+        }
+        drop(queue);
+        let dropped = inner.cache.retain_dirty(|n| keep.contains(n))?;
+        if dropped > 0 {
+            tracing::info!(dropped, "dropped dirty chunks of writes never committed");
+        }
+        Ok(())
+    }
+
+    /// Commits what is written, stops the background tasks, waits for those in flight (up to
+    /// `grace`), and saves a checkpoint. Queued uploads stay in the log for the next open.
+    pub async fn close(self, grace: std::time::Duration) -> FsResult<()> {
+        self.commit_all().await?;
+        self.inner.shutdown.store(true, Ordering::SeqCst);
+        self.inner.queue_changed.notify_waiters();
+        let deadline = Instant::now() + grace;
+        while Arc::strong_count(&self.inner) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.checkpoint()
+    }
+
+    /// Registers the kernel notifier.
+    pub fn set_invalidator(&self, inv: Arc<dyn Invalidator>) {
+        *lock(&self.inner.invalidator) = Some(inv);
+    }
+
+    pub fn config(&self) -> &VfsConfig {
+        &self.inner.cfg
+    }
+
+    pub fn cache(&self) -> &Arc<ChunkCache> {
+        &self.inner.cache
+    }
+
+    pub fn status(&self) -> Status {
+        let inner = &self.inner;
+        let u = inner.cache.usage();
+        let q = lock(&inner.queue);
+        Status {
+            cache_used: u.used_bytes,
+            cache_limit: u.limit_bytes,
+            dirty_bytes: u.dirty_bytes,
+            pinned_bytes: u.pinned_bytes,
+            queued: q.len() as u64,
+            in_flight: q.in_flight() as u64,
+            last_error: lock(&inner.last_error).clone(),
+            fetches: inner.counters.fetches.load(Ordering::Relaxed),
+            fetched_bytes: inner.counters.fetched_bytes.load(Ordering::Relaxed),
+            uploads: inner.counters.uploads.load(Ordering::Relaxed),
+            uploaded_bytes: inner.counters.uploaded_bytes.load(Ordering::Relaxed),
+            conflicts: inner.counters.conflicts.load(Ordering::Relaxed),
+            offline_since: q.offline_since,
+        }
+    }
+
+    /// Saves a checkpoint of the namespace and discards the log the checkpoint and the provider
+    /// no longer need.
+    pub fn checkpoint(&self) -> FsResult<()> {
+        let inner = &self.inner;
+        let dir = inner.cache.dir().to_path_buf();
+        let mut store = lock(&inner.snapshots);
+        let (bytes, discard) = {
+            let ns = lock(&inner.ns);
+            let q = lock(&inner.queue);
+            let lsn = inner.wal.next_lsn();
+            let applied_below = q.lsns().first().copied().unwrap_or(lsn);
+            let cp = Checkpoint {
+                lsn,
+                applied_below,
+                applied: q
+                    .applied
+                    .iter()
+                    .copied()
+                    .filter(|l| *l >= applied_below)
+                    .collect(),
+            };
+            let bytes = store
+                .save(&dir, &inner.cache, &ns, &cp)
+                .map_err(FsError::io)?;
+            (bytes, cp.applied_below)
+        };
+        inner.wal.discard_before(discard).map_err(FsError::io)?;
+        tracing::debug!(bytes, discard, "checkpoint saved");
+        Ok(())
+    }
+
+    pub(crate) fn node_lock(&self, id: NodeId) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.inner.node_locks)
+            .entry(id)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone()
+    }
+
+    /// Appends `rec` to the log (call with the namespace lock held, so log order is namespace
+    /// order) and queues it for the uploader. Durable only after [`Vfs::sync_log`].
+    pub(crate) fn journal(&self, ns: &mut Namespace, rec: Record) -> FsResult<Lsn> {
+        let inner = &self.inner;
+        let lsn = inner.wal.append(&rec.encode()).map_err(|e| {
+            tracing::error!(error = %e, "write-ahead log append failed");
+            FsError::io(e)
+        })?;
+        if let Some(n) = ns.get_mut(rec.node()) {
+            n.pending += 1;
+        }
+        match &rec {
+            Record::Remove { path, .. } => ns.add_tombstone(path.clone()),
+            Record::Rename { from, .. } => ns.add_tombstone(from.clone()),
+            _ => {}
+        }
+        let ready = match rec {
+            Record::Commit { .. } => Instant::now() + inner.cfg.write_back_delay,
+            _ => Instant::now(),
+        };
+        lock(&inner.queue).push(lsn, rec, ready);
+        inner.queue_changed.notify_one();
+        Ok(lsn)
+    }
+
+    /// Waits until everything journaled so far is durable (group commit on the blocking pool).
+    pub(crate) async fn sync_log(&self) -> FsResult<()> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.wal.sync())
+            .await
+            .map_err(FsError::io)?
+            .map_err(|e| {
+                tracing::error!(error = %e, "write-ahead log sync failed");
+                FsError::io(e)
+            })
+    }
+
+    pub(crate) fn attr_of(&self, n: &Node) -> Attr {
+        let cfg = &self.inner.cfg;
+        let size = match n.kind {
+            FileKind::File => n.content.size,
+            FileKind::Dir => 4096,
+            FileKind::Symlink => n.target.as_ref().map_or(0, |t| t.len() as u64),
+        };
+        Attr {
+            ino: n.id,
+            kind: n.kind,
+            size,
+            blocks: size.div_ceil(512),
+            atime: n.atime,
+            mtime: n.mtime,
+            ctime: n.ctime,
+            perm: n.perm,
+            nlink: if n.kind == FileKind::Dir { 2 } else { 1 },
+            uid: cfg.uid,
+            gid: cfg.gid,
+            generation: n.generation,
+        }
+    }
+
+    pub(crate) fn invalidate_inode(&self, ino: NodeId) {
+        let inv = lock(&self.inner.invalidator).clone();
+        if let Some(inv) = inv {
+            inv.inval_inode(ino);
+        }
+    }
+
+    pub(crate) fn invalidate_entry(&self, parent: NodeId, name: &str) {
+        let inv = lock(&self.inner.invalidator).clone();
+        if let Some(inv) = inv {
+            inv.inval_entry(parent, name);
+        }
+    }
+
+    pub(crate) fn set_error(&self, e: impl std::fmt::Display) {
+        *lock(&self.inner.last_error) = Some(e.to_string());
+    }
+}
+
+/// Replays a journal record into the namespace (recovery). Mirrors what the live operation did.
+fn replay(ns: &mut Namespace, rec: &Record) {
+    let now = SystemTime::now();
+    let parent_of = |ns: &Namespace, path: &RemotePath| path.parent().and_then(|p| ns.resolve(&p));
+    match rec {
+        Record::Mkdir {
+            path,
+            node,
+            perm,
+            mtime,
+        }
+        | Record::Create {
+            path,
+            node,
+            perm,
+            mtime,
+        } => {
+            let Some(parent) = parent_of(ns, path) else {
+                tracing::warn!(%path, "replay: parent missing");
+                return;
+            };
+            if let Some(old) = ns.child(parent, path.name()) {
+                ns.detach(old);
+            }
+            let dir = matches!(rec, Record::Mkdir { .. });
+            ns.insert(new_node(
+                *node,
+                parent,
+                path.name(),
+                if dir { FileKind::Dir } else { FileKind::File },
+                *perm,
+                *mtime,
+            ));
+        }
+        Record::Symlink {
+            path,
+            node,
+            target,
+            mtime,
+        } => {
+            let Some(parent) = parent_of(ns, path) else {
+                return;
+            };
+            if let Some(old) = ns.child(parent, path.name()) {
+                ns.detach(old);
+            }
+            let mut n = new_node(*node, parent, path.name(), FileKind::Symlink, 0o777, *mtime);
+            n.target = Some(target.clone());
+            ns.insert(n);
+        }
+        Record::Remove { node, .. } => ns.detach(*node),
+        Record::Rename {
+            to, node, replaced, ..
+        } => {
+            let Some(parent) = parent_of(ns, to) else {
+                return;
+            };
+            if let Some(r) = replaced {
+                ns.detach(*r);
+            }
+            if let Some(old) = ns.child(parent, to.name()) {
+                if old != *node {
+                    ns.detach(old);
+                }
+            }
+            ns.move_node(*node, parent, to.name());
+        }
+        Record::SetAttr {
+            node, perm, mtime, ..
+        } => {
+            if let Some(n) = ns.get_mut(*node) {
+                if let Some(p) = perm {
+                    n.perm = *p;
+                }
+                if let Some(t) = mtime {
+                    n.mtime = *t;
+                }
+                n.ctime = now;
+            }
+        }
+        Record::Commit {
+            node,
+            content,
+            mtime,
+            ..
+        } => {
+            if let Some(n) = ns.get_mut(*node) {
+                n.content = content.clone();
+                n.content.gen = content.gen + 1;
+                n.mtime = *mtime;
+                n.dirty = false;
+            }
+        }
+        Record::Applied { .. } => {}
+    }
+}
+
+/// Replays the provider's answer to an applied record into the namespace.
+pub(crate) fn replay_applied(
+    ns: &mut Namespace,
+    rec: &Record,
+    remote: Option<&(cache::Version, u64)>,
+) {
+    let Some(n) = ns.get_mut(rec.node()) else {
+        return;
+    };
+    match rec {
+        Record::Commit { content, .. } => {
+            if let Some((v, size)) = remote {
+                n.content.rebase(content, v.clone());
+                n.remote = Some(RemoteState {
+                    version: v.clone(),
+                    size: *size,
+                });
+            }
+        }
+        Record::Remove { .. } => {}
+        _ => {
+            if let Some((v, size)) = remote {
+                if n.kind == FileKind::File {
+                    if let (Some(b), Some(r)) = (n.content.base.as_mut(), n.remote.as_ref()) {
+                        // Same bytes under a new version (rename, attributes).
+                        if b.version == r.version {
+                            b.version = v.clone();
+                        }
+                    }
+                }
+                n.remote = Some(RemoteState {
+                    version: v.clone(),
+                    size: *size,
+                });
+            }
+        }
+    }
+}
+
+pub(crate) fn new_node(
+    id: NodeId,
+    parent: NodeId,
+    name: &str,
+    kind: FileKind,
+    perm: u16,
+    mtime: SystemTime,
+) -> Node {
+    Node {
+        id,
+        generation: 0,
+        parent,
+        name: name.to_string(),
+        kind,
+        perm,
+        mtime,
+        atime: mtime,
+        ctime: mtime,
+        content: Content {
+            gen: 1,
+            ..Content::default()
+        },
+        target: None,
+        remote: None,
+        children: (kind == FileKind::Dir).then(BTreeMap::new),
+        listed_at: None,
+        pending: 0,
+        dirty: false,
+        open: 0,
+        orphan: false,
+        cached_version: None,
+    }
+}
