@@ -114,42 +114,50 @@ impl Content {
     }
 
     /// After the snapshot `uploaded` became remote version `version`, rebase this (current)
-    /// content on it. If nothing changed since the snapshot, the file is clean at `version`
-    /// and its local chunks become cached aliases of it; otherwise the base moves to `version`
-    /// (the bytes it provides are the same) and local chunks stay until the next upload.
-    pub fn rebase(&mut self, uploaded: &Content, version: Version) {
-        if self.same_bytes(uploaded) {
-            let mut alias = std::mem::take(&mut self.local);
-            for (i, g) in std::mem::take(&mut self.alias) {
-                alias.entry(i).or_insert(g);
+    /// content on it: the base becomes `version`, and every chunk that is still exactly what
+    /// the snapshot had is now provided by the base (a local chunk of the snapshot becomes a
+    /// cached alias of it, so it is no longer dirty). Chunks written since stay local. The base
+    /// stops before the first chunk the snapshot had data in that is now a hole (truncated
+    /// since), so truncated bytes never come back.
+    pub fn rebase(&mut self, uploaded: &Content, version: Version, chunk_size: u64) {
+        let cs = chunk_size;
+        let limit = self.size.min(uploaded.size);
+        let mut len = limit;
+        let mut alias = BTreeMap::new();
+        for i in 0..limit.div_ceil(cs) {
+            match (self.src(i, cs), uploaded.src(i, cs)) {
+                (ChunkSrc::Local(g), ChunkSrc::Local(h)) if g == h => {
+                    alias.insert(i, g);
+                }
+                (ChunkSrc::Local(_), _) => {}
+                (ChunkSrc::Base { alias: a }, ChunkSrc::Base { .. }) => {
+                    if let Some(g) = a {
+                        alias.insert(i, g);
+                    }
+                    // Same base bytes, up to where this content still has them.
+                    let here = self.base.as_ref().map_or(0, |b| b.len);
+                    let there = uploaded.base.as_ref().map_or(0, |b| b.len);
+                    if here < there && here < (i + 1) * cs {
+                        len = len.min(here);
+                    }
+                }
+                (ChunkSrc::Hole, ChunkSrc::Hole) => {}
+                (ChunkSrc::Base { .. } | ChunkSrc::Hole, _) => {
+                    len = len.min(i * cs);
+                    break;
+                }
             }
-            self.alias = alias;
-            self.base = Some(Base {
-                version,
-                len: self.size,
-                size: self.size,
-            });
-        } else {
-            let len = match (&self.base, &uploaded.base) {
-                (Some(cur), Some(up)) if cur.version == up.version => cur.len,
-                _ => 0,
-            };
-            // With len 0 nothing of the old base is referenced: every byte is local or a hole.
-            self.alias.clear();
-            self.base = Some(Base {
-                version,
-                len,
-                size: uploaded.size,
-            });
         }
-    }
-
-    /// Same bytes as `other` (same size, base and local chunks; the write generation aside).
-    pub fn same_bytes(&self, other: &Content) -> bool {
-        self.size == other.size
-            && self.base == other.base
-            && self.local == other.local
-            && self.alias == other.alias
+        alias.retain(|i, _| i * cs < len);
+        for i in alias.keys() {
+            self.local.remove(i);
+        }
+        self.alias = alias;
+        self.base = Some(Base {
+            version,
+            len,
+            size: uploaded.size,
+        });
     }
 }
 
@@ -213,7 +221,7 @@ mod tests {
         c.local.insert(0, 1);
         c.local.insert(1, 1);
         let snap = c.clone();
-        c.rebase(&snap, Version::from("v2"));
+        c.rebase(&snap, Version::from("v2"), CS);
         assert!(!c.is_modified());
         assert_eq!(c.src(1, CS), ChunkSrc::Base { alias: Some(1) });
         assert_eq!(c.local_chunks().count(), 2);
@@ -225,11 +233,35 @@ mod tests {
         c.local.insert(0, 1);
         let snap = c.clone();
         c.local.insert(2, 2);
-        c.rebase(&snap, Version::from("v2"));
+        c.rebase(&snap, Version::from("v2"), CS);
         assert!(c.is_modified());
         assert_eq!(c.base.as_ref().unwrap().version, Version::from("v2"));
         assert_eq!(c.src(1, CS), ChunkSrc::Base { alias: None });
         assert_eq!(c.src(2, CS), ChunkSrc::Local(2));
-        assert_eq!(c.src(0, CS), ChunkSrc::Local(1));
+        assert_eq!(
+            c.src(0, CS),
+            ChunkSrc::Base { alias: Some(1) },
+            "uploaded: no longer dirty"
+        );
+    }
+
+    #[test]
+    fn rebase_never_brings_truncated_bytes_back() {
+        let mut c = Content {
+            size: 300,
+            gen: 2,
+            ..Content::default()
+        };
+        for i in 0..3 {
+            c.local.insert(i, 1);
+        }
+        let snap = c.clone();
+        c.truncate(100, CS);
+        c.truncate(300, CS);
+        c.rebase(&snap, Version::from("v2"), CS);
+        assert_eq!(c.src(0, CS), ChunkSrc::Base { alias: Some(1) });
+        assert_eq!(c.src(1, CS), ChunkSrc::Hole);
+        assert_eq!(c.src(2, CS), ChunkSrc::Hole);
+        assert!(c.is_modified());
     }
 }

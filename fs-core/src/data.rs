@@ -18,6 +18,9 @@ use crate::provider::RemotePath;
 use crate::types::{FileKind, NodeId};
 use crate::vfs::{lock, Vfs};
 
+/// Longest a writer waits for the uploader to free room in a full cache.
+const MAX_PRESSURE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// What a read needs to know about one chunk, taken under the namespace lock.
 struct Plan {
     index: u64,
@@ -357,10 +360,9 @@ impl Vfs {
     /// being written.
     async fn spill(&self, node: NodeId, all: bool) -> FsResult<Vec<(u64, Vec<u8>)>> {
         let cs = self.inner.cfg.chunk_size;
-        let (oid, gen, size) = {
+        let size = {
             let ns = lock(&self.inner.ns);
-            let n = ns.get(node).ok_or(FsError::BadHandle)?;
-            (n.object_id(), n.content.gen, n.content.size)
+            ns.get(node).ok_or(FsError::BadHandle)?.content.size
         };
         let take: Vec<(u64, Vec<u8>)> = {
             let mut bufs = lock(&self.inner.bufs);
@@ -393,48 +395,87 @@ impl Vfs {
             PutKind::Dirty
         };
         for (i, data) in &take {
-            let key = local_key(&oid, gen, *i);
-            self.put_dirty(key, data.clone(), kind).await?;
-            let mut ns = lock(&self.inner.ns);
-            if let Some(n) = ns.get_mut(node) {
-                if *i * cs < n.content.size {
-                    n.content.local.insert(*i, gen);
-                    n.content.alias.remove(i);
-                }
-            }
+            self.put_dirty(node, *i, data.clone(), kind).await?;
         }
         Ok(if inline { take } else { Vec::new() })
     }
 
-    /// Puts a dirty chunk, waiting while the cache is full of dirty data (the uploader frees
-    /// room); `NoSpace` only if nothing moves for a long time.
-    async fn put_dirty(&self, key: ChunkKey, data: Vec<u8>, kind: PutKind) -> FsResult<()> {
+    /// Puts chunk `i` of `node` as a dirty chunk of the file's current generation. While the
+    /// cache is full of dirty data, it commits what the file has so far (so the uploader can
+    /// send it and free room) and waits: back-pressure, not failure. `NoSpace` only when the
+    /// provider cannot be reached and nothing frees room.
+    async fn put_dirty(&self, node: NodeId, i: u64, data: Vec<u8>, kind: PutKind) -> FsResult<()> {
+        let cs = self.inner.cfg.chunk_size;
         let data = Bytes::from(data);
+        let step = std::time::Duration::from_millis(50);
         let mut waited = std::time::Duration::ZERO;
+        let mut pressured = false;
         loop {
-            match self
-                .inner
-                .cache
-                .put_async(key.clone(), data.clone(), kind)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(cache::CacheError::NoRoom { .. })
-                    if waited < self.inner.cfg.provider_timeout * 4 =>
-                {
-                    // Back-pressure: let the uploader make room.
+            let (key, gen) = {
+                let ns = lock(&self.inner.ns);
+                let n = ns.get(node).ok_or(FsError::BadHandle)?;
+                (local_key(&n.object_id(), n.content.gen, i), n.content.gen)
+            };
+            match self.inner.cache.put_async(key, data.clone(), kind).await {
+                Ok(_) => {
+                    let mut ns = lock(&self.inner.ns);
+                    if let Some(n) = ns.get_mut(node) {
+                        if i * cs < n.content.size {
+                            n.content.local.insert(i, gen);
+                            n.content.alias.remove(&i);
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(cache::CacheError::NoRoom { .. }) => {
+                    let offline = lock(&self.inner.queue).offline_since.is_some();
+                    if (offline && waited > self.inner.cfg.provider_timeout)
+                        || waited > MAX_PRESSURE_WAIT
+                    {
+                        return Err(FsError::NoSpace);
+                    }
+                    if !pressured {
+                        self.pressure_commit(node)?;
+                        pressured = true;
+                    }
                     lock(&self.inner.queue).flush = true;
                     self.inner.queue_changed.notify_one();
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    waited += std::time::Duration::from_millis(50);
+                    tokio::time::sleep(step).await;
+                    waited += step;
                 }
-                Err(cache::CacheError::NoRoom { .. }) => return Err(FsError::NoSpace),
                 Err(e) => {
                     tracing::error!(error = %e, "could not store written data in the cache");
                     return Err(FsError::io(e));
                 }
             }
         }
+    }
+
+    /// Journals what `node` has in the cache now (not its write buffer) as a commit to upload at
+    /// once, so that a file larger than the cache can be written: the provider then sees
+    /// intermediate states of a file that is still open (docs/SEMANTICS.md).
+    fn pressure_commit(&self, node: NodeId) -> FsResult<()> {
+        let mut ns = lock(&self.inner.ns);
+        let Some(path) = ns.path_of(node) else {
+            return Ok(());
+        };
+        let Some(n) = ns.get_mut(node) else {
+            return Ok(());
+        };
+        if n.content.local.is_empty() {
+            return Ok(());
+        }
+        let content = n.content.clone();
+        let rec = Record::Commit {
+            path,
+            node,
+            mtime: n.mtime,
+            inline: Vec::new(),
+            content,
+        };
+        n.content.gen += 1;
+        self.journal_at(&mut ns, rec, std::time::Instant::now())?;
+        Ok(())
     }
 
     /// Makes the written state of `node` durable and queues it for upload (close, fsync).

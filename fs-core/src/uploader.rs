@@ -284,7 +284,7 @@ impl Vfs {
                     .encode(),
                 )
                 .map_err(FsError::io)?;
-            replay_applied(&mut ns, rec, remote.as_ref());
+            replay_applied(&mut ns, rec, remote.as_ref(), inner.cfg.chunk_size);
             let id = rec.node();
             if let Some(n) = ns.get_mut(id) {
                 n.pending = n.pending.saturating_sub(1);

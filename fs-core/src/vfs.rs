@@ -203,7 +203,7 @@ impl Vfs {
                     applied.insert(*target);
                     if *lsn >= cp.lsn {
                         if let Some(&i) = by_lsn.get(target) {
-                            replay_applied(&mut ns, &records[i].1, remote.as_ref());
+                            replay_applied(&mut ns, &records[i].1, remote.as_ref(), cfg.chunk_size);
                         }
                     }
                 }
@@ -417,6 +417,20 @@ impl Vfs {
     /// Appends `rec` to the log (call with the namespace lock held, so log order is namespace
     /// order) and queues it for the uploader. Durable only after [`Vfs::sync_log`].
     pub(crate) fn journal(&self, ns: &mut Namespace, rec: Record) -> FsResult<Lsn> {
+        let ready = match rec {
+            Record::Commit { .. } => Instant::now() + self.inner.cfg.write_back_delay,
+            _ => Instant::now(),
+        };
+        self.journal_at(ns, rec, ready)
+    }
+
+    /// [`Vfs::journal`], ready for upload at `ready`.
+    pub(crate) fn journal_at(
+        &self,
+        ns: &mut Namespace,
+        rec: Record,
+        ready: Instant,
+    ) -> FsResult<Lsn> {
         let inner = &self.inner;
         let lsn = inner.wal.append(&rec.encode()).map_err(|e| {
             tracing::error!(error = %e, "write-ahead log append failed");
@@ -430,10 +444,6 @@ impl Vfs {
             Record::Rename { from, .. } => ns.add_tombstone(from.clone()),
             _ => {}
         }
-        let ready = match rec {
-            Record::Commit { .. } => Instant::now() + inner.cfg.write_back_delay,
-            _ => Instant::now(),
-        };
         lock(&inner.queue).push(lsn, rec, ready);
         inner.queue_changed.notify_one();
         Ok(lsn)
@@ -595,6 +605,7 @@ pub(crate) fn replay_applied(
     ns: &mut Namespace,
     rec: &Record,
     remote: Option<&(cache::Version, u64)>,
+    chunk_size: u64,
 ) {
     let Some(n) = ns.get_mut(rec.node()) else {
         return;
@@ -602,7 +613,7 @@ pub(crate) fn replay_applied(
     match rec {
         Record::Commit { content, .. } => {
             if let Some((v, size)) = remote {
-                n.content.rebase(content, v.clone());
+                n.content.rebase(content, v.clone(), chunk_size);
                 n.remote = Some(RemoteState {
                     version: v.clone(),
                     size: *size,

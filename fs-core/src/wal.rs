@@ -8,11 +8,13 @@
 //!   covering its LSN has returned `Ok`: its bytes were written and `fdatasync`ed, and the segment
 //!   holding it was created with a synced header and a synced directory entry. [`Wal::append`]
 //!   alone only buffers the record in memory.
-//! - **Order.** LSNs start at 1 and increase by exactly one per record; replay returns records in
+//! - **Order.** LSNs start at 1 (or at the `from` given to [`Wal::open`], if the log does not
+//!   reach it) and
+//!   increase by exactly one per record; replay returns records in
 //!   LSN order with no gaps. An LSN is never handed out twice for durable records (an LSN whose
 //!   record was appended but never made durable may be handed out again after a crash).
 //! - **Torn tail.** A crash can leave the end of the *last* segment half written. At open, the
-//!   last segment is cut back to its last complete, checksum-valid record. Any other damage — in
+//!   last segment is cut at its first incomplete or checksum-failing frame. Any other damage — in
 //!   an earlier segment, a bad header, a record whose checksum is right but whose LSN is wrong or
 //!   whose authentication fails, a missing segment — is [`WalError::Corrupt`] naming the segment
 //!   and offset, never skipped.
@@ -29,6 +31,15 @@
 //! are never held together, and nothing is locked while `state` is held (except the accountant's
 //! own locks, which it must not use to call back into the log). The `syncing` flag in `state`
 //! grants the right to take `writer` for a batch, so `writer` is never contended by syncers.
+//!
+//! The accountant is called with `state` held (so a charge and the reservation it pays for are
+//! one step); an accountant that evicts to make room delays appends meanwhile.
+//!
+//! # Group commit
+//! One thread at a time (the leader) writes the buffered frames and `fdatasync`s; callers whose
+//! LSN it covered return when it finishes. A new leader first waits briefly for threads that are
+//! inside a call but have no record buffered yet (see `Wal::gather`), which roughly halves the
+//! number of syncs under concurrency.
 //!
 //! All file I/O blocks; async callers run it on the blocking pool.
 
@@ -268,7 +279,8 @@ struct State {
     gathering: bool,
     /// How long the last batch took to write and sync.
     last_sync: Duration,
-    /// Total charged to the accountant (segments and the directory).
+    /// Total charged to the accountant (the segments; the directory's own inode is counted by
+    /// the cache's scan of its directory, which holds this one).
     charged: u64,
 }
 
@@ -387,9 +399,11 @@ impl Wal {
     /// with every valid record, in LSN order, whose LSN >= `from` (records before are skipped
     /// unopened, but their frames are still checked). A torn tail of the last segment is truncated
     /// away; damage anywhere else is [`WalError::Corrupt`]. It is also `Corrupt` when the log no
-    /// longer reaches back to `from` (records the caller still needs were discarded) or ends
-    /// before `from` (records the caller has seen are missing). `from` is the first LSN the
-    /// caller has not yet consumed (0 counts as 1); an empty log starts its LSNs at `from`.
+    /// longer reaches back to `from` (records the caller still needs were discarded). `from` is
+    /// the first LSN the caller has not yet consumed (0 counts as 1): a log that is empty or
+    /// ends before it (its tail was appended, consumed, then lost before it was durable)
+    /// continues its LSNs at `from`, so no LSN the caller has seen is handed out again; the
+    /// segments of such a log, all below `from`, are removed.
     ///
     /// Takes an exclusive `flock` on `<dir>/lock`: one process, one `Wal` per directory.
     pub fn open(
@@ -529,13 +543,22 @@ impl Wal {
             // An empty log continues the caller's sequence: LSNs below `from` are taken.
             None => from,
             Some(next) if next < from => {
-                let last = firsts.last().copied().unwrap_or(0);
-                let end = segments.back().map_or(0, |s| s.len);
-                return Err(corrupt(
-                    &dir.join(segment_name(last)),
-                    end,
-                    "the log ends before the requested LSN (durable records are missing)",
-                ));
+                // The caller has consumed LSNs the log no longer holds (records appended after
+                // its last durable one, lost in the crash). Every record here is below `from`,
+                // so none is needed; remove the segments, oldest first with a directory sync
+                // after each (a crash leaves a shorter contiguous log, or none), and continue at
+                // `from` so that no LSN the caller has seen is handed out again.
+                tracing::warn!(
+                    dir = %dir.display(), log_end = next, from,
+                    "the log ends before the requested LSN; continuing the sequence at it"
+                );
+                drop(last_file.take());
+                for seg in segments.drain(..) {
+                    let path = dir.join(segment_name(seg.first));
+                    fs::remove_file(&path).map_err(io_err("remove", &path))?;
+                    sync_dir(dir)?;
+                }
+                from
             }
             Some(next) => next,
         };
@@ -548,8 +571,6 @@ impl Wal {
             seg.charged = usage(&md);
             total += seg.charged;
         }
-        let dir_md = fs::metadata(dir).map_err(io_err("stat", dir))?;
-        total += usage(&dir_md);
         accountant.charge(total)?;
 
         let writer = match (last_file, segments.back()) {
@@ -830,8 +851,17 @@ impl Wal {
                     st.charged -= freed;
                     self.accountant.release(freed);
                 } else if real > seg.charged {
-                    tracing::warn!(segment = %path.display(), real, charged = seg.charged,
-                        "a closed log segment occupies more than was charged");
+                    // Not expected (the reservation includes slack for metadata); count it anyway.
+                    let more = real - seg.charged;
+                    match self.accountant.charge(more) {
+                        Ok(()) => {
+                            seg.charged = real;
+                            st.charged += more;
+                        }
+                        Err(e) => tracing::warn!(segment = %path.display(), real,
+                            charged = seg.charged, error = %e,
+                            "a closed log segment occupies more than was charged"),
+                    }
                 }
             }
         }
@@ -899,13 +929,14 @@ impl Wal {
         lock(&self.state).next_lsn
     }
 
-    /// The highest LSN known durable (0 when there is none).
+    /// The highest LSN known durable (`next_lsn() - 1` right after open: everything replayed is
+    /// durable).
     pub fn durable_lsn(&self) -> Lsn {
         lock(&self.state).durable_lsn
     }
 
-    /// Bytes charged to the accountant for the log right now (segments, including reservations
-    /// ahead of the write position, and the directory).
+    /// Bytes charged to the accountant for the log right now (the segments, including
+    /// reservations ahead of the write position).
     pub fn disk_bytes(&self) -> u64 {
         lock(&self.state).charged
     }

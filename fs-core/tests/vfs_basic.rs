@@ -227,3 +227,35 @@ async fn a_remount_lists_from_the_checkpoint_and_reads_from_the_cache() {
     assert_eq!(c.read, 0, "no byte fetched again after a remount: {c:?}");
     mem.set_unreachable(false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_three_times_the_cache_is_written_and_read_within_the_limit() {
+    let d = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryProvider::new());
+    let limit = 4u64 << 20;
+    let cache = Arc::new(
+        ChunkCache::open(
+            CacheConfig::new(d.path(), CacheLimit::bytes(limit)),
+            &Passphrase::new("pw", KdfParams::FAST_INSECURE),
+        )
+        .unwrap(),
+    );
+    let vfs = Vfs::new(cfg(), cache.clone(), mem.clone()).unwrap();
+    vfs.spawn_uploader();
+    let big = data(12 << 20, 5);
+    let (attr, o) = vfs.create(NodeId::ROOT, "big", 0o644, W).await.unwrap();
+    for (k, piece) in big.chunks(128 << 10).enumerate() {
+        vfs.write(o.fh, (k * (128 << 10)) as u64, piece)
+            .await
+            .unwrap();
+        assert!(cache.usage().used_bytes <= limit);
+    }
+    vfs.release(o.fh).await.unwrap();
+    vfs.flush_all(Duration::from_secs(20)).await.unwrap();
+    assert!(
+        mem.file("big").unwrap() == big,
+        "the provider has every byte"
+    );
+    assert_eq!(read_all(&vfs, attr.ino).await, big);
+    assert!(cache.usage().used_bytes <= limit);
+}
