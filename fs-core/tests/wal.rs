@@ -166,10 +166,17 @@ fn round_trip_across_reopen_and_from_filter() {
     let (wal, recs) = open(&dir, 17).unwrap();
     assert!(recs.is_empty(), "`from` at the end returns nothing");
     drop(wal);
-    assert!(
-        matches!(open(&dir, 18), Err(WalError::Corrupt { .. })),
-        "`from` past the end means records are missing"
-    );
+    // `from` past the end: the caller consumed LSNs the log lost (appended, never durable). The
+    // sequence continues at `from`, so none of them is handed out again.
+    {
+        let (wal, recs) = open(&dir, 20).unwrap();
+        assert!(recs.is_empty());
+        assert_eq!(wal.next_lsn(), 20);
+        assert_eq!(wal.append_durable(b"twenty").unwrap(), 20);
+    }
+    let (_wal, recs) = open(&dir, 20).unwrap();
+    assert_eq!(recs, vec![(20, b"twenty".to_vec())]);
+    assert_eq!(segments(&dir).len(), 1);
 }
 
 #[test]
@@ -858,4 +865,46 @@ fn discard_concurrent_with_rollover() {
     assert_eq!(wal.next_lsn(), next);
     assert_eq!(recs.first().map(|r| r.0), Some(from));
     assert_eq!(recs.len() as u64, next - from);
+}
+
+/// Pins the bytes of docs/WAL_FORMAT.md: a change of the format without a version bump fails
+/// here.
+#[test]
+fn format_matches_the_documentation() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let (wal, _) = open(tmp.path(), 1).unwrap();
+        wal.append_durable(b"hello").unwrap();
+        wal.append_durable(b"").unwrap();
+    }
+    let segs = segments(tmp.path());
+    assert_eq!(
+        segs[0].file_name().unwrap().to_str(),
+        Some("wal-00000000000000000001.log")
+    );
+    let d = fs::read(&segs[0]).unwrap();
+    let mut header = Vec::new();
+    header.extend_from_slice(b"SOXW");
+    header.extend_from_slice(&1u16.to_le_bytes());
+    header.extend_from_slice(&0u16.to_le_bytes());
+    header.extend_from_slice(&1u64.to_le_bytes());
+    let crc = crc32c::crc32c(&header);
+    header.extend_from_slice(&crc.to_le_bytes());
+    header.extend_from_slice(&[0; 12]);
+    assert_eq!(&d[..HEADER_LEN], &header[..]);
+    let c = cipher();
+    let mut pos = HEADER_LEN;
+    for (lsn, want) in [(1u64, &b"hello"[..]), (2, &b""[..])] {
+        let len = u32::from_le_bytes(d[pos..pos + 4].try_into().unwrap()) as usize;
+        assert_eq!(len, want.len() + RecordCipher::OVERHEAD);
+        assert_eq!(&d[pos + 8..pos + 16], &lsn.to_le_bytes());
+        let sealed = &d[pos + 16..pos + 16 + len];
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&lsn.to_le_bytes()), sealed);
+        assert_eq!(&d[pos + 4..pos + 8], &crc.to_le_bytes());
+        let mut aad = b"syncoxide wal v1".to_vec();
+        aad.extend_from_slice(&lsn.to_le_bytes());
+        assert_eq!(c.open(&aad, sealed).as_deref(), Some(want));
+        pos += 16 + len;
+    }
+    assert_eq!(pos, d.len());
 }
