@@ -206,15 +206,24 @@ impl Vfs {
         self.commit_all().await?;
         lock(&self.inner.queue).flush = true;
         self.inner.queue_changed.notify_one();
-        let mut last = (usize::MAX, Instant::now());
+        // Progress is a shorter queue or bytes moving: one big upload may take longer than
+        // `stall` without the queue changing.
+        let progress = || {
+            (
+                lock(&self.inner.queue).len(),
+                self.inner.counters.sent_bytes.load(Ordering::Relaxed),
+            )
+        };
+        let mut last = (progress(), Instant::now());
         let result = loop {
-            let n = lock(&self.inner.queue).len();
-            if n == 0 {
+            let now = progress();
+            if now.0 == 0 {
                 break Ok(());
             }
-            if n < last.0 {
-                last = (n, Instant::now());
+            if now.0 < last.0 .0 || now.1 > last.0 .1 {
+                last = (now, Instant::now());
             } else if last.1.elapsed() > stall {
+                let n = now.0;
                 let why = lock(&self.inner.last_error)
                     .clone()
                     .unwrap_or_else(|| "no progress".into());

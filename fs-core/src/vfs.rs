@@ -93,6 +93,8 @@ pub(crate) struct Counters {
     pub uploads: AtomicU64,
     pub uploaded_bytes: AtomicU64,
     pub conflicts: AtomicU64,
+    /// Bytes handed to the provider by uploads, including unfinished ones (flush progress).
+    pub sent_bytes: AtomicU64,
 }
 
 pub(crate) struct Inner {
