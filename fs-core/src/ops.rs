@@ -13,6 +13,9 @@ use crate::types::{
 };
 use crate::vfs::{lock, new_node, Handle, Vfs};
 
+/// Times a directory is listed again when uploads change the provider during the listing.
+const LIST_ATTEMPTS: usize = 3;
+
 fn check_name(name: &str, max: usize) -> FsResult<()> {
     if name.len() > max {
         return Err(FsError::NameTooLong);
@@ -86,6 +89,50 @@ impl Vfs {
 
     /// Lists `dir` from the provider and merges the result.
     async fn list_now(&self, dir: NodeId) -> FsResult<()> {
+        // A listing taken while the uploader changes the provider may predate that change; it
+        // is merged only if no record was applied meanwhile (else listed again).
+        for attempt in 1..=LIST_ATTEMPTS {
+            let epoch = self
+                .inner
+                .applied_epoch
+                .load(std::sync::atomic::Ordering::SeqCst);
+            let entries = match self.list_remote(dir).await? {
+                Some(e) => e,
+                None => return Ok(()),
+            };
+            let outcome = {
+                let mut ns = lock(&self.inner.ns);
+                let raced = self
+                    .inner
+                    .applied_epoch
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    != epoch;
+                // A directory never listed has no local state a stale listing could undo.
+                let first = ns.get(dir).is_some_and(|n| n.children.is_none());
+                if raced && !(first && attempt == LIST_ATTEMPTS) {
+                    continue;
+                }
+                ns.merge_listing(dir, entries, Instant::now())
+            };
+            for id in outcome.changed {
+                self.invalidate_inode(id);
+            }
+            for (parent, name, _) in outcome.vanished {
+                self.invalidate_entry(parent, &name);
+            }
+            return Ok(());
+        }
+        // The provider keeps changing under the uploader: keep what is known for now.
+        tracing::debug!("directory listing raced with uploads; keeping the known listing");
+        Ok(())
+    }
+
+    /// Every entry of `dir` on the provider; `None` when the provider is unavailable and a
+    /// known listing stands in.
+    async fn list_remote(
+        &self,
+        dir: NodeId,
+    ) -> FsResult<Option<Vec<crate::provider::RemoteEntry>>> {
         let Some(path) = self.remote_location(dir) else {
             return Err(FsError::NotFound);
         };
@@ -102,23 +149,13 @@ impl Vfs {
                 }
             }
         };
-        let entries = match tokio::time::timeout(deadline, listing).await {
-            Ok(Ok(e)) => e,
-            Ok(Err(ProviderError::NotFound(_))) => {
-                // Gone on the provider: an empty listing lets the merge drop what was there.
-                Vec::new()
-            }
-            Ok(Err(e)) => return self.stale_listing(dir, FsError::from(e)),
-            Err(_) => return self.stale_listing(dir, FsError::TimedOut),
-        };
-        let outcome = lock(&self.inner.ns).merge_listing(dir, entries, Instant::now());
-        for id in outcome.changed {
-            self.invalidate_inode(id);
+        match tokio::time::timeout(deadline, listing).await {
+            Ok(Ok(e)) => Ok(Some(e)),
+            // Gone on the provider: an empty listing lets the merge drop what was there.
+            Ok(Err(ProviderError::NotFound(_))) => Ok(Some(Vec::new())),
+            Ok(Err(e)) => self.stale_listing(dir, FsError::from(e)).map(|()| None),
+            Err(_) => self.stale_listing(dir, FsError::TimedOut).map(|()| None),
         }
-        for (parent, name, _) in outcome.vanished {
-            self.invalidate_entry(parent, &name);
-        }
-        Ok(())
     }
 
     fn stale_listing(&self, dir: NodeId, e: FsError) -> FsResult<()> {

@@ -294,6 +294,7 @@ impl Vfs {
                 )
                 .map_err(FsError::io)?;
             replay_applied(&mut ns, rec, remote.as_ref(), inner.cfg.chunk_size);
+            inner.applied_epoch.fetch_add(1, Ordering::SeqCst);
             let id = rec.node();
             if let Some(n) = ns.get_mut(id) {
                 n.pending = n.pending.saturating_sub(1);

@@ -116,6 +116,9 @@ pub(crate) struct Inner {
     pub counters: Counters,
     pub last_error: Mutex<Option<String>>,
     pub hostname: String,
+    /// Bumped (under the namespace lock) whenever a record is applied to the provider: a
+    /// listing taken across a change is not merged.
+    pub applied_epoch: AtomicU64,
     /// Set by [`Vfs::close`]: background tasks stop.
     pub shutdown: std::sync::atomic::AtomicBool,
 }
@@ -261,6 +264,7 @@ impl Vfs {
             counters: Counters::default(),
             last_error: Mutex::new(None),
             hostname: hostname(),
+            applied_epoch: AtomicU64::new(0),
             shutdown: std::sync::atomic::AtomicBool::new(false),
         };
         let vfs = Vfs {
@@ -623,6 +627,18 @@ pub(crate) fn replay_applied(
             }
         }
         Record::Remove { .. } => {}
+        Record::Mkdir { .. } => {
+            // Made here: every child is known, nothing to list.
+            if n.children.is_some() && n.listed_at.is_none() {
+                n.listed_at = Some(Instant::now());
+            }
+            if let Some((v, size)) = remote {
+                n.remote = Some(RemoteState {
+                    version: v.clone(),
+                    size: *size,
+                });
+            }
+        }
         _ => {
             if let Some((v, size)) = remote {
                 if n.kind == FileKind::File {

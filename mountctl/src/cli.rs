@@ -1,6 +1,7 @@
 //! The command line, as clap types. Parsers validate here so that errors name the flag.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -17,6 +18,35 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Mount REMOTE (a local folder for now) on MOUNTPOINT. Returns once the mount is live; the
+    /// mount keeps running in the background until `mountctl unmount MOUNTPOINT`.
+    Mount(MountArgs),
+    /// Upload everything queued, then unmount and stop the mount's process. Exit code 1 if the
+    /// provider could not be reached: the drive is unmounted all the same, and what stays
+    /// queued in the cache's write-ahead log is uploaded by the next mount of that cache.
+    Unmount {
+        /// Where the drive is mounted.
+        mountpoint: PathBuf,
+        #[command(flatten)]
+        wait: StallArg,
+    },
+    /// Show running mounts: cache use, dirty bytes, queued operations, uploads in flight and
+    /// the last error. Without MOUNTPOINT: every registered mount.
+    Status {
+        /// One mount only.
+        mountpoint: Option<PathBuf>,
+        /// Print JSON instead of text (an object for one MOUNTPOINT, else an array).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload everything queued now (ignoring the write-back delay); returns when the queue is
+    /// empty, or fails if the provider stops taking it.
+    Flush {
+        /// Where the drive is mounted.
+        mountpoint: PathBuf,
+        #[command(flatten)]
+        wait: StallArg,
+    },
     /// Manage the encrypted local cache: create it, show its use, change its passphrase, wipe it.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -54,6 +84,67 @@ pub enum CacheCommand {
     },
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    /// The remote: a local folder, as a path or a file:// URL.
+    pub remote: String,
+    /// An existing, empty directory to mount on.
+    pub mountpoint: PathBuf,
+    /// The cache directory [default: one per remote, `local-HASH` in the default cache
+    /// directory ($XDG_CACHE_HOME/syncoxide or ~/.cache/syncoxide), HASH naming the remote's
+    /// canonical path]. The mount's log is written beside it, as DIR.log.
+    #[arg(long, value_name = "DIR", help_heading = "Cache")]
+    pub cache_dir: Option<PathBuf>,
+    /// Most bytes the cache may use on disk, every file counted (e.g. 512MiB, 10GiB).
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = crate::units::parse_size, help_heading = "Cache")]
+    pub cache_size: u64,
+    /// Bytes per chunk, the unit of fetching and caching (4KiB to 16MiB).
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = parse_chunk_size, help_heading = "Cache")]
+    pub chunk_size: u64,
+    /// How long after a file is closed it is uploaded (e.g. 250ms, 5s, 1m).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::units::parse_duration, help_heading = "Transfers")]
+    pub write_back_delay: Duration,
+    /// How long a directory listing is trusted before it is read again from the remote.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::units::parse_duration, help_heading = "Transfers")]
+    pub dir_cache_time: Duration,
+    /// Uploads and other remote operations in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Transfers")]
+    pub transfers: u16,
+    /// Mount read-only.
+    #[arg(long, help_heading = "Mount")]
+    pub read_only: bool,
+    /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf unless root).
+    #[arg(long, help_heading = "Mount")]
+    pub allow_other: bool,
+    /// Serve the mount from this process, in the foreground, until Ctrl-C, SIGTERM or
+    /// `mountctl unmount`.
+    #[arg(long, help_heading = "Mount")]
+    pub foreground: bool,
+    #[command(flatten)]
+    pub pass: PassArgs,
+    /// Internal: started by `mountctl mount` in the background. The passphrase arrives on
+    /// stdin; readiness or the error goes to stdout as one JSON line.
+    #[arg(long, hide = true, requires = "foreground")]
+    pub daemon_child: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StallArg {
+    /// Give up uploading once the queue has not shrunk for this long (e.g. 30s, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_duration)]
+    pub timeout: Duration,
+}
+
+fn parse_chunk_size(s: &str) -> Result<u64, String> {
+    let n = crate::units::parse_size(s)?;
+    if !(4 << 10..=16 << 20).contains(&n) {
+        return Err(format!(
+            "{s:?} is out of range; the chunk size must be between 4KiB and 16MiB (1MiB is the default)"
+        ));
+    }
+    Ok(n)
+}
+
 #[derive(Args, Debug)]
 pub struct CacheDirArg {
     /// The cache directory.
@@ -61,7 +152,7 @@ pub struct CacheDirArg {
     pub cache_dir: PathBuf,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct PassArgs {
     /// File holding the passphrase (else SYNCOXIDE_PASSPHRASE, else a prompt on a terminal).
     #[arg(long, value_name = "FILE", help_heading = "Passphrase")]

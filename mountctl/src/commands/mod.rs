@@ -1,11 +1,17 @@
 //! One module per command; each turns parsed arguments into library calls.
 
 mod cache_cmd;
+mod mount_cmd;
+mod running_cmd;
 
 use crate::cli::{Cli, Command};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Cache(c) => cache_cmd::run(c),
+        Command::Mount(a) => mount_cmd::run(a),
+        Command::Unmount { mountpoint, wait } => running_cmd::unmount(&mountpoint, wait.timeout),
+        Command::Status { mountpoint, json } => running_cmd::status(mountpoint.as_deref(), json),
+        Command::Flush { mountpoint, wait } => running_cmd::flush(&mountpoint, wait.timeout),
     }
 }

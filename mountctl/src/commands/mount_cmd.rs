@@ -1,0 +1,54 @@
+//! `mountctl mount`: check everything, get the passphrase, then serve the mount here
+//! (`--foreground`) or in a background process that reports back once the mount is live.
+
+use anyhow::Result;
+
+use crate::cli::MountArgs;
+use crate::daemon::{self, Ready};
+use crate::plan::MountPlan;
+use crate::{secrets, serve};
+
+pub fn run(args: MountArgs) -> Result<()> {
+    if args.daemon_child {
+        return child(&args);
+    }
+    let plan = MountPlan::check(&args)?;
+    let what = if plan.new_cache() {
+        "New cache passphrase"
+    } else {
+        "Cache passphrase"
+    };
+    let pw = secrets::passphrase(
+        args.pass.passphrase_file.as_deref(),
+        secrets::ENV,
+        what,
+        plan.new_cache(),
+    )?;
+    if args.foreground {
+        return serve::run(&plan, pw, &mut Ready::terminal());
+    }
+    let pid = daemon::spawn(&plan, pw)?;
+    println!(
+        "mounted {} on {} (process {pid}, log {})",
+        plan.remote.display(),
+        plan.mountpoint.display(),
+        plan.log_file().display()
+    );
+    Ok(())
+}
+
+/// The background process started by [`daemon::spawn`]: every outcome before readiness goes
+/// back to the parent on the ready pipe.
+fn child(args: &MountArgs) -> Result<()> {
+    let mut ready = Ready::pipe();
+    let r = (|| {
+        daemon::detach()?;
+        let pw = daemon::passphrase_from_stdin()?;
+        let plan = MountPlan::check(args)?;
+        serve::run(&plan, pw, &mut ready)
+    })();
+    if let Err(e) = &r {
+        ready.failed(&format!("{e:#}"));
+    }
+    r
+}

@@ -1,0 +1,124 @@
+//! `mountctl unmount`, `flush` and `status`: requests to running mounts, and their output.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use serde_json::Value;
+
+use crate::client::{self, Flushed};
+use crate::units::human;
+
+pub fn unmount(mountpoint: &Path, stall: Duration) -> Result<()> {
+    let mp = client::resolve_mountpoint(mountpoint)?;
+    let Some(entry) = client::find_running(&mp)? else {
+        let tool = client::unmount_stale(&mp)?;
+        println!(
+            "unmounted {} with {tool}: no running mount owned it (changes not yet uploaded stay queued in its cache and are uploaded by the next mount)",
+            mp.display()
+        );
+        return Ok(());
+    };
+    let flushed = client::flush(&entry, stall, client::show_progress())?;
+    client::unmount(&entry)?;
+    match flushed {
+        Flushed::All => {
+            println!("unmounted {}: everything is uploaded", mp.display());
+            Ok(())
+        }
+        Flushed::Stuck { queued, error } => bail!(
+            "unmounted {}, but the provider cannot be reached: {queued} operations stay queued in the write-ahead log and will be uploaded by the next mount (last error: {error})",
+            mp.display()
+        ),
+    }
+}
+
+pub fn flush(mountpoint: &Path, stall: Duration) -> Result<()> {
+    let mp = client::resolve_mountpoint(mountpoint)?;
+    let entry = client::require_running(&mp)?;
+    match client::flush(&entry, stall, client::show_progress())? {
+        Flushed::All => {
+            println!("{}: everything is uploaded", mp.display());
+            Ok(())
+        }
+        Flushed::Stuck { queued, error } => bail!(
+            "the provider cannot be reached: {queued} operations stay queued in the write-ahead log and are retried (last error: {error})"
+        ),
+    }
+}
+
+pub fn status(mountpoint: Option<&Path>, json: bool) -> Result<()> {
+    if let Some(m) = mountpoint {
+        let mp = client::resolve_mountpoint(m)?;
+        let s = client::status(&client::require_running(&mp)?)?;
+        if json {
+            println!("{s}");
+        } else {
+            print_status(&s);
+        }
+        return Ok(());
+    }
+    let mut all = Vec::new();
+    for e in client::running()? {
+        match client::status(&e) {
+            Ok(s) => all.push(s),
+            Err(err) => eprintln!("mountctl: {}: {err:#}", e.mountpoint.display()),
+        }
+    }
+    if json {
+        println!("{}", Value::Array(all));
+    } else if all.is_empty() {
+        println!("no syncoxide mounts are running");
+    } else {
+        for (i, s) in all.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            print_status(s);
+        }
+    }
+    Ok(())
+}
+
+fn print_status(s: &Value) {
+    let n = |k: &str| s[k].as_u64().unwrap_or(0);
+    let t = |k: &str| s[k].as_str().unwrap_or("?").to_string();
+    println!("{}", t("mountpoint"));
+    println!("  remote:      {}", t("remote"));
+    println!(
+        "  cache:       {} of {} used, in {}",
+        human(n("cache_used_bytes")),
+        human(n("cache_limit_bytes")),
+        t("cache_dir")
+    );
+    println!(
+        "  dirty:       {} ({} pinned)",
+        human(n("dirty_bytes")),
+        human(n("pinned_bytes"))
+    );
+    println!(
+        "  queue:       {} operations queued, {} uploads in flight",
+        n("queued"),
+        n("in_flight")
+    );
+    println!(
+        "  transfers:   {} files uploaded ({}), {} chunks fetched ({}), {} conflicts",
+        n("uploads"),
+        human(n("uploaded_bytes")),
+        n("fetches"),
+        human(n("fetched_bytes")),
+        n("conflicts")
+    );
+    if let Some(since) = s["offline_since"].as_u64() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(since);
+        println!("  offline:     for {} s", now.saturating_sub(since));
+    }
+    println!(
+        "  last error:  {}",
+        s["last_error"].as_str().unwrap_or("none")
+    );
+    println!("  process:     {}", n("pid"));
+}

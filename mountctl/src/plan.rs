@@ -1,0 +1,356 @@
+//! A mount, checked before anything is created: the remote folder exists, the mount point is an
+//! existing directory that nothing is mounted on, the cache directory can be created or written,
+//! and none of them lies inside another. Each refusal says what to fix.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fs_core::VfsConfig;
+
+use crate::cli::MountArgs;
+use crate::remote::{default_cache_dir_for, Remote};
+use crate::units::duration_arg;
+use crate::{mountinfo, registry};
+
+/// Longest path a unix socket address holds (`sun_path` less its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Everything a mount needs, validated, with absolute paths.
+#[derive(Clone, Debug)]
+pub struct MountPlan {
+    /// Canonical remote folder.
+    pub remote: PathBuf,
+    /// Canonical mount point.
+    pub mountpoint: PathBuf,
+    /// Absolute cache directory (may not exist yet).
+    pub cache_dir: PathBuf,
+    pub cache_size: u64,
+    pub chunk_size: u64,
+    pub write_back_delay: Duration,
+    pub dir_cache_time: Duration,
+    pub transfers: u16,
+    pub read_only: bool,
+    pub allow_other: bool,
+}
+
+impl MountPlan {
+    /// Checks `args`; creates nothing.
+    pub fn check(args: &MountArgs) -> Result<MountPlan> {
+        let Remote::Local(remote) = Remote::parse(&args.remote)?;
+        let remote = canonical_remote(&remote)?;
+        let mountpoint = canonical_mountpoint(&args.mountpoint)?;
+        if let Some(e) =
+            mountinfo::mount_at(&mountpoint).context("cannot read /proc/self/mountinfo")?
+        {
+            match registry::find(&mountpoint)?.filter(|r| registry::process_alive(r.pid)) {
+                Some(r) => bail!(
+                    "{} is already mounted (syncoxide, remote {}, process {}); unmount it first with `mountctl unmount {}`, or choose another mountpoint",
+                    mountpoint.display(), r.remote.display(), r.pid, mountpoint.display()
+                ),
+                None => bail!(
+                    "{} is already a mount point ({} from {}); unmount it first (`mountctl unmount {}` for a syncoxide mount, else umount), or choose another mountpoint",
+                    mountpoint.display(), e.fstype, e.source, mountpoint.display()
+                ),
+            }
+        }
+        if mountpoint.starts_with(&remote) || remote.starts_with(&mountpoint) {
+            bail!(
+                "the mountpoint {} and the remote folder {} lie inside one another; choose a mountpoint outside the remote folder",
+                mountpoint.display(),
+                remote.display()
+            );
+        }
+        let cache_dir = match &args.cache_dir {
+            Some(d) => std::path::absolute(d)
+                .with_context(|| format!("cannot make {} absolute", d.display()))?,
+            None => default_cache_dir_for(&crate::cli::default_cache_dir(), &remote),
+        };
+        check_cache_dir(&cache_dir, &mountpoint, &remote)?;
+        for (what, p) in [("mountpoint", &mountpoint), ("cache directory", &cache_dir)] {
+            if p.to_str().is_none() {
+                bail!(
+                    "the {what} {} is not valid UTF-8; choose a path with a UTF-8 name",
+                    p.display()
+                );
+            }
+        }
+        Ok(MountPlan {
+            remote,
+            mountpoint,
+            cache_dir,
+            cache_size: args.cache_size,
+            chunk_size: args.chunk_size,
+            write_back_delay: args.write_back_delay,
+            dir_cache_time: args.dir_cache_time,
+            transfers: args.transfers,
+            read_only: args.read_only,
+            allow_other: args.allow_other,
+        })
+    }
+
+    /// Whether the cache is created by this mount (ask for a new passphrase twice).
+    pub fn new_cache(&self) -> bool {
+        !cache::crypto::keys::key_file_exists(&self.cache_dir)
+    }
+
+    /// The mount's log in the background: `CACHE_DIR.log`, beside the cache directory rather
+    /// than in it, so that the cache's accounting of its own files stays exact.
+    pub fn log_file(&self) -> PathBuf {
+        let mut name = self
+            .cache_dir
+            .file_name()
+            .unwrap_or_default()
+            .to_os_string();
+        name.push(".log");
+        self.cache_dir.with_file_name(name)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        registry::control_socket(&self.cache_dir)
+    }
+
+    pub fn vfs_config(&self) -> VfsConfig {
+        VfsConfig {
+            chunk_size: self.chunk_size,
+            write_back_delay: self.write_back_delay,
+            dir_cache_time: self.dir_cache_time,
+            read_only: self.read_only,
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+            transfers: usize::from(self.transfers),
+            ..VfsConfig::default()
+        }
+    }
+
+    /// The arguments that serve this plan in a background child (after the program name).
+    pub fn child_args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec![
+            "mount".into(),
+            self.remote.clone().into(),
+            self.mountpoint.clone().into(),
+            "--cache-dir".into(),
+            self.cache_dir.clone().into(),
+            "--cache-size".into(),
+            self.cache_size.to_string().into(),
+            "--chunk-size".into(),
+            self.chunk_size.to_string().into(),
+            "--write-back-delay".into(),
+            duration_arg(self.write_back_delay).into(),
+            "--dir-cache-time".into(),
+            duration_arg(self.dir_cache_time).into(),
+            "--transfers".into(),
+            self.transfers.to_string().into(),
+        ];
+        if self.read_only {
+            a.push("--read-only".into());
+        }
+        if self.allow_other {
+            a.push("--allow-other".into());
+        }
+        a.push("--foreground".into());
+        a.push("--daemon-child".into());
+        a
+    }
+}
+
+fn canonical_remote(p: &Path) -> Result<PathBuf> {
+    match std::fs::canonicalize(p) {
+        Ok(c) if c.is_dir() => Ok(c),
+        Ok(_) => bail!(
+            "the remote {} is not a folder; give the folder to mount",
+            p.display()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
+            "the remote folder {} does not exist; create it or check the path",
+            p.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot open the remote folder {}", p.display())),
+    }
+}
+
+fn canonical_mountpoint(p: &Path) -> Result<PathBuf> {
+    // stat first: a FUSE mount whose process died fails it with ENOTCONN, while realpath
+    // still resolves the path.
+    match std::fs::metadata(p).and_then(|md| Ok((md, std::fs::canonicalize(p)?))) {
+        Ok((md, c)) if md.is_dir() => Ok(c),
+        Ok(_) => bail!(
+            "the mountpoint {} is not a directory; give an existing, empty directory",
+            p.display()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
+            "the mountpoint {} does not exist; create it first (mkdir -p {})",
+            p.display(),
+            p.display()
+        ),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTCONN.raw_os_error()) => bail!(
+            "{} is already a mount point, left behind by a syncoxide (or other FUSE) process that died; clear it with `mountctl unmount {}` first",
+            p.display(),
+            p.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot open the mountpoint {}", p.display())),
+    }
+}
+
+/// The cache directory must be a writable directory, or be creatable: its nearest existing
+/// ancestor a writable directory. It must not lie under the mount point or the remote.
+fn check_cache_dir(dir: &Path, mountpoint: &Path, remote: &Path) -> Result<()> {
+    let fix = "choose another with --cache-dir, or fix its permissions";
+    if dir.parent().is_none() {
+        bail!(
+            "the cache directory cannot be {}; choose another with --cache-dir",
+            dir.display()
+        );
+    }
+    let mut existing = dir;
+    let md = loop {
+        match std::fs::metadata(existing) {
+            Ok(md) => break md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match existing.parent() {
+                Some(p) => existing = p,
+                None => bail!(
+                    "the cache directory {} cannot be created; {fix}",
+                    dir.display()
+                ),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+                bail!("the cache directory {} cannot be created: a part of its path is a file, not a directory; {fix}", dir.display())
+            }
+            Err(e) => bail!(
+                "the cache directory {} is not usable ({e}); {fix}",
+                dir.display()
+            ),
+        }
+    };
+    if !md.is_dir() {
+        if existing == dir {
+            bail!(
+                "the cache directory {} is not a directory; {fix}",
+                dir.display()
+            );
+        }
+        bail!(
+            "the cache directory {} cannot be created: {} is a file, not a directory; {fix}",
+            dir.display(),
+            existing.display()
+        );
+    }
+    let canonical = std::fs::canonicalize(existing)
+        .with_context(|| format!("cannot resolve {}", existing.display()))?
+        .join(dir.strip_prefix(existing).unwrap_or(Path::new("")));
+    if canonical.starts_with(mountpoint) || canonical.starts_with(remote) {
+        bail!(
+            "the cache directory {} lies inside the mountpoint or the remote folder; choose one outside both with --cache-dir",
+            dir.display()
+        );
+    }
+    use rustix::fs::Access;
+    if let Err(e) = rustix::fs::access(existing, Access::WRITE_OK | Access::EXEC_OK) {
+        if existing == dir {
+            bail!(
+                "the cache directory {} is not writable ({e}); {fix}",
+                dir.display()
+            );
+        }
+        bail!(
+            "the cache directory {} cannot be created: {} is not writable ({e}); {fix}",
+            dir.display(),
+            existing.display()
+        );
+    }
+    let socket = registry::control_socket(dir);
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        bail!(
+            "the cache directory path {} is too long for its control socket ({} of at most {MAX_SOCKET_PATH} bytes); choose a shorter one with --cache-dir",
+            dir.display(),
+            socket.as_os_str().len()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(cache_dir: &str) -> MountPlan {
+        MountPlan {
+            remote: "/data/r".into(),
+            mountpoint: "/mnt/m".into(),
+            cache_dir: cache_dir.into(),
+            cache_size: 10 << 30,
+            chunk_size: 1 << 20,
+            write_back_delay: Duration::from_millis(200),
+            dir_cache_time: Duration::from_secs(300),
+            transfers: 4,
+            read_only: true,
+            allow_other: false,
+        }
+    }
+
+    #[test]
+    fn the_log_is_beside_the_cache() {
+        assert_eq!(
+            plan("/c/local-ab").log_file(),
+            PathBuf::from("/c/local-ab.log")
+        );
+        assert_eq!(
+            plan("/c/local-ab").socket(),
+            PathBuf::from("/c/local-ab/control.sock")
+        );
+    }
+
+    #[test]
+    fn the_child_gets_the_same_plan() {
+        use clap::Parser;
+        let p = plan("/c/x");
+        let mut argv = vec![OsString::from("mountctl")];
+        argv.extend(p.child_args());
+        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+        let crate::cli::Command::Mount(a) = cli.command else {
+            panic!("not a mount")
+        };
+        assert_eq!(a.remote, "/data/r");
+        assert_eq!(a.cache_dir.as_deref(), Some(Path::new("/c/x")));
+        assert_eq!(a.write_back_delay, Duration::from_millis(200));
+        assert_eq!(a.dir_cache_time, Duration::from_secs(300));
+        assert_eq!(
+            (a.cache_size, a.chunk_size, a.transfers),
+            (10 << 30, 1 << 20, 4)
+        );
+        assert!(a.read_only && !a.allow_other && a.foreground && a.daemon_child);
+    }
+
+    #[test]
+    fn cache_dir_checks() {
+        let d = tempfile::tempdir().unwrap();
+        let mp = d.path().join("mnt");
+        let remote = d.path().join("remote");
+        let ok = d.path().join("a/b/cache");
+        check_cache_dir(&ok, &mp, &remote).unwrap();
+        let file = d.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = check_cache_dir(&file.join("cache"), &mp, &remote)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is a file, not a directory") && e.contains("--cache-dir"),
+            "{e}"
+        );
+        let e = check_cache_dir(&file, &mp, &remote)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+        let e = check_cache_dir(&mp.join("c"), &mp, &remote)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("inside the mountpoint"), "{e}");
+        let long = d.path().join("x".repeat(120));
+        let e = check_cache_dir(&long, &mp, &remote)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too long"), "{e}");
+    }
+}

@@ -1,0 +1,159 @@
+//! What `REMOTE` names: a local folder, given as a path or a `file://` URL. Other schemes are
+//! refused with a message naming the scheme until their providers exist.
+//!
+//! Also the stable short hash that names per-remote cache directories and per-mountpoint
+//! registry files: 64-bit FNV-1a of the canonical path's bytes, as 16 hex digits. It is written
+//! here rather than taken from `std` because its value must never change between releases (a
+//! changed hash would silently start a new, empty cache for the same remote).
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+/// A parsed `REMOTE` argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Remote {
+    /// A local folder (not yet checked for existence).
+    Local(PathBuf),
+}
+
+impl Remote {
+    /// Parses `REMOTE`: `file:///abs/path` (with `%XX` escapes), or a plain path. A string of the
+    /// form `scheme://...` with another scheme is refused.
+    pub fn parse(s: &str) -> Result<Remote> {
+        if s.is_empty() {
+            bail!("the remote is empty; give a folder path or a file:// URL");
+        }
+        let Some((scheme, rest)) = s.split_once("://") else {
+            return Ok(Remote::Local(PathBuf::from(s)));
+        };
+        let looks_like_scheme = !scheme.is_empty()
+            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        if !looks_like_scheme {
+            return Ok(Remote::Local(PathBuf::from(s)));
+        }
+        if !scheme.eq_ignore_ascii_case("file") {
+            bail!(
+                "remotes of scheme {scheme:?} are not supported yet; only local folders are (give a folder path or a file:// URL)"
+            );
+        }
+        // file://host/path: only an empty host or localhost is this machine.
+        let path = if let Some(p) = rest.strip_prefix("localhost/") {
+            format!("/{p}")
+        } else if rest.starts_with('/') {
+            rest.to_string()
+        } else {
+            bail!(
+                "the file:// URL {s:?} names another host; write file:///absolute/path for a folder on this machine"
+            );
+        };
+        Ok(Remote::Local(PathBuf::from(std::ffi::OsStr::from_bytes(
+            &percent_decode(&path)?,
+        ))))
+    }
+}
+
+fn percent_decode(s: &str) -> Result<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            let Some(v) = hex else {
+                bail!("bad %-escape in the file:// URL {s:?}; write %20 for a space, %25 for %");
+            };
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// 64-bit FNV-1a of `bytes` as 16 lowercase hex digits.
+pub fn short_hash(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The default cache directory of a local remote: `BASE/local-HASH`, HASH being
+/// [`short_hash`] of the remote's canonical path, so that two remotes never share a cache and
+/// the same remote always finds its own again.
+pub fn default_cache_dir_for(base: &Path, canonical_remote: &Path) -> PathBuf {
+    base.join(format!(
+        "local-{}",
+        short_hash(canonical_remote.as_os_str().as_bytes())
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_file_urls() {
+        assert_eq!(
+            Remote::parse("/data/x").unwrap(),
+            Remote::Local("/data/x".into())
+        );
+        assert_eq!(
+            Remote::parse("rel/dir").unwrap(),
+            Remote::Local("rel/dir".into())
+        );
+        assert_eq!(
+            Remote::parse("file:///data/a%20b").unwrap(),
+            Remote::Local("/data/a b".into())
+        );
+        assert_eq!(
+            Remote::parse("FILE://localhost/srv").unwrap(),
+            Remote::Local("/srv".into())
+        );
+        // Not a scheme: a folder whose name happens to contain "://".
+        assert_eq!(
+            Remote::parse("./a://b").unwrap(),
+            Remote::Local("./a://b".into())
+        );
+    }
+
+    #[test]
+    fn other_schemes_and_bad_urls_are_refused() {
+        let e = Remote::parse("s3://bucket/dir").unwrap_err().to_string();
+        assert!(
+            e.contains("\"s3\"") && e.contains("not supported yet"),
+            "{e}"
+        );
+        let e = Remote::parse("file://server/share")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another host"), "{e}");
+        let e = Remote::parse("file:///a%zz").unwrap_err().to_string();
+        assert!(e.contains("%-escape"), "{e}");
+        assert!(Remote::parse("").is_err());
+    }
+
+    #[test]
+    fn the_hash_is_stable() {
+        // Reference values of FNV-1a 64; a change here would orphan every existing cache.
+        assert_eq!(short_hash(b""), "cbf29ce484222325");
+        assert_eq!(short_hash(b"a"), "af63dc4c8601ec8c");
+        assert_eq!(
+            default_cache_dir_for(Path::new("/c"), Path::new("/data")),
+            PathBuf::from(format!("/c/local-{}", short_hash(b"/data")))
+        );
+        assert_ne!(short_hash(b"/data/a"), short_hash(b"/data/b"));
+    }
+}

@@ -1,0 +1,555 @@
+//! `mountctl mount`, `unmount`, `flush` and `status` from outside, on real FUSE mounts of
+//! temporary folders: what a user sees, exit codes, and messages that say what to fix.
+//!
+//! Needs root and /dev/fuse (mount(2) is used directly, fusermount3 is optional); without them
+//! every test here says so and passes without mounting. Each test has its own runtime directory
+//! (XDG_RUNTIME_DIR), so the mounts of parallel tests never see each other, and every mount is
+//! undone by a guard, even when the test fails.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PASS: &str = "correct horse";
+
+fn can_mount() -> bool {
+    let root = fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root || !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: mounting needs root and /dev/fuse");
+        return false;
+    }
+    true
+}
+
+/// A test's world: a remote folder, a mount point, a cache, a runtime directory.
+struct World {
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        let w = World {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for d in ["remote", "mnt", "run", "home"] {
+            fs::create_dir(w.path(d)).unwrap();
+        }
+        fs::write(w.path("remote/hello.txt"), b"hello from the remote\n").unwrap();
+        w
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().canonicalize().unwrap().join(rel)
+    }
+
+    fn s(&self, rel: &str) -> String {
+        self.path(rel).to_str().unwrap().to_string()
+    }
+
+    fn run(&self, args: &[&str], pass: Option<&str>) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mountctl"));
+        c.args(args)
+            .env("XDG_RUNTIME_DIR", self.path("run"))
+            .env("XDG_CACHE_HOME", self.path("home"))
+            .env_remove("SYNCOXIDE_PASSPHRASE")
+            .env_remove("SYNCOXIDE_LOG")
+            .stdin(Stdio::null());
+        if let Some(p) = pass {
+            c.env("SYNCOXIDE_PASSPHRASE", p);
+        }
+        c.output().unwrap()
+    }
+
+    /// Mounts `remote` on `mnt` with the test's cache (`cache`); the guard unmounts.
+    fn mount(&self, remote: &str, mnt: &str, extra: &[&str], pass: &str) -> (Output, Guard<'_>) {
+        let (r, m) = (self.s(remote), self.s(mnt));
+        let mut args = vec!["mount", &r, &m];
+        if !extra.contains(&"--write-back-delay") {
+            args.extend(["--write-back-delay", "200ms"]);
+        }
+        args.extend_from_slice(extra);
+        let o = self.run(&args, Some(pass));
+        (
+            o,
+            Guard {
+                world: self,
+                mnt: self.path(mnt),
+            },
+        )
+    }
+
+    fn mount_ok(&self, extra: &[&str]) -> Guard<'_> {
+        let cache = self.s("cache");
+        let mut args = vec!["--cache-dir", &cache];
+        args.extend_from_slice(extra);
+        let (o, g) = self.mount("remote", "mnt", &args, PASS);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert!(is_mounted(&self.path("mnt")), "{}", text(&o));
+        g
+    }
+
+    fn status(&self, mnt: &str) -> serde_json::Value {
+        let o = self.run(&["status", &self.s(mnt), "--json"], None);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+}
+
+/// Unmounts on drop: politely, then by force, so a failing test leaves no mount behind.
+struct Guard<'a> {
+    world: &'a World,
+    mnt: PathBuf,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if !is_mounted(&self.mnt) {
+            return;
+        }
+        let m = self.mnt.to_str().unwrap();
+        let _ = self.world.run(&["unmount", m, "--timeout", "1s"], None);
+        for (tool, args) in [
+            ("fusermount3", &["-u"][..]),
+            ("umount", &[][..]),
+            ("umount", &["-l"][..]),
+        ] {
+            if !is_mounted(&self.mnt) {
+                return;
+            }
+            let _ = Command::new(tool).args(args).arg(m).output();
+        }
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Whether `p` (canonical, no spaces) is a mount point, from /proc/self/mountinfo.
+fn is_mounted(p: &Path) -> bool {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == p.to_str())
+}
+
+fn alive(pid: u64) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s[s.rfind(')').unwrap() + 1..].trim_start().chars().next();
+            !matches!(state, Some('Z' | 'X'))
+        }
+        Err(_) => false,
+    }
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn registered(w: &World) -> usize {
+    match fs::read_dir(w.path("run/syncoxide/mounts")) {
+        Ok(rd) => rd.count(),
+        Err(_) => 0,
+    }
+}
+
+#[test]
+fn mount_write_flush_status_unmount_and_mount_again() {
+    if !can_mount() {
+        return;
+    }
+    let w = World::new();
+    let g = w.mount_ok(&["--cache-size", "64MiB"]);
+    let mnt = w.path("mnt");
+    assert_eq!(
+        fs::read_to_string(mnt.join("hello.txt")).unwrap(),
+        "hello from the remote\n"
+    );
+
+    fs::write(mnt.join("new.txt"), b"written through the mount").unwrap();
+    let o = w.run(&["flush", &w.s("mnt")], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("everything is uploaded"), "{}", text(&o));
+    assert_eq!(
+        fs::read(w.path("remote/new.txt")).unwrap(),
+        b"written through the mount"
+    );
+
+    let s = w.status("mnt");
+    assert_eq!(s["mountpoint"], w.s("mnt"));
+    assert_eq!(s["remote"], w.s("remote"));
+    assert_eq!(s["cache_dir"], w.s("cache"));
+    assert_eq!(s["cache_limit_bytes"], 64u64 << 20);
+    let used = s["cache_used_bytes"].as_u64().unwrap();
+    assert!(used > 0 && used <= 64 << 20, "{s}");
+    assert_eq!(s["dirty_bytes"], 0, "{s}");
+    assert_eq!(s["queued"], 0, "{s}");
+    assert_eq!(s["in_flight"], 0, "{s}");
+    assert_eq!(s["last_error"], serde_json::Value::Null, "{s}");
+    assert!(s["uploads"].as_u64().unwrap() >= 1, "{s}");
+    let pid = s["pid"].as_u64().unwrap();
+    assert!(alive(pid));
+    let all = w.run(&["status", "--json"], None);
+    let all: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    let human = w.run(&["status"], None);
+    assert!(
+        text(&human).contains("0 operations queued"),
+        "{}",
+        text(&human)
+    );
+
+    // Private files: the control socket, the log beside the cache, the registry entry.
+    let mode = |p: PathBuf| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(w.path("cache/control.sock")), 0o600);
+    assert_eq!(mode(w.path("cache.log")), 0o600);
+    assert_eq!(registered(&w), 1);
+
+    let o = w.run(&["unmount", &w.s("mnt")], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("everything is uploaded"), "{}", text(&o));
+    assert!(!is_mounted(&mnt));
+    assert!(!alive(pid), "unmount returns once the process has ended");
+    assert!(!w.path("cache/control.sock").exists());
+    assert_eq!(registered(&w), 0);
+    drop(g);
+
+    // The same remote and cache again: the data is there, and unmount uploads what is new.
+    let g = w.mount_ok(&[]);
+    assert_eq!(
+        fs::read(mnt.join("new.txt")).unwrap(),
+        b"written through the mount"
+    );
+    fs::write(mnt.join("later.txt"), b"second mount").unwrap();
+    let o = w.run(&["unmount", &w.s("mnt")], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        fs::read(w.path("remote/later.txt")).unwrap(),
+        b"second mount"
+    );
+    drop(g);
+}
+
+#[test]
+fn mistakes_are_refused_with_what_to_fix() {
+    let w = World::new();
+    let cache = w.s("cache");
+    let check = |o: Output, code: i32, phrases: &[&str]| {
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(code), "{t}");
+        for p in phrases {
+            assert!(t.contains(p), "{p:?} not in {t}");
+        }
+    };
+    let (r, m) = (w.s("remote"), w.s("mnt"));
+    check(
+        w.run(
+            &["mount", &r, &w.s("nope"), "--cache-dir", &cache],
+            Some(PASS),
+        ),
+        1,
+        &["mountpoint", "does not exist", "mkdir -p"],
+    );
+    check(
+        w.run(
+            &["mount", &w.s("gone"), &m, "--cache-dir", &cache],
+            Some(PASS),
+        ),
+        1,
+        &["remote folder", "does not exist"],
+    );
+    check(
+        w.run(&["mount", "s3://bucket/dir", &m], Some(PASS)),
+        1,
+        &["\"s3\"", "not supported yet"],
+    );
+    let under_file = w.s("remote/hello.txt/cache");
+    check(
+        w.run(&["mount", &r, &m, "--cache-dir", &under_file], Some(PASS)),
+        1,
+        &["cache directory", "not a directory", "--cache-dir"],
+    );
+    check(
+        w.run(&["mount", &r, &m, "--cache-dir", &cache], None),
+        1,
+        &["no passphrase: set SYNCOXIDE_PASSPHRASE"],
+    );
+    check(
+        w.run(&["mount", &r, &m, "--cache-size", "lots"], Some(PASS)),
+        2,
+        &["--cache-size", "512MiB"],
+    );
+    check(
+        w.run(&["mount", &r, &m, "--chunk-size", "64MiB"], Some(PASS)),
+        2,
+        &["--chunk-size", "16MiB"],
+    );
+    check(
+        w.run(&["mount", &r, &m, "--write-back-delay", "5"], Some(PASS)),
+        2,
+        &["--write-back-delay", "250ms"],
+    );
+    check(
+        w.run(&["mount", &r, &m, "--dir-cache-time", "soon"], Some(PASS)),
+        2,
+        &["--dir-cache-time", "5s"],
+    );
+    check(
+        w.run(&["unmount", &m, "--timeout", "forever"], None),
+        2,
+        &["--timeout"],
+    );
+    check(w.run(&["unmount", &m], None), 1, &["nothing is mounted on"]);
+    check(
+        w.run(&["flush", &m], None),
+        1,
+        &["no running syncoxide mount", "mountctl status"],
+    );
+    check(
+        w.run(&["status", &m], None),
+        1,
+        &["no running syncoxide mount"],
+    );
+    assert!(
+        !w.path("cache").exists(),
+        "nothing is created by a refused mount"
+    );
+    assert!(!is_mounted(&w.path("mnt")));
+}
+
+#[test]
+fn mounting_twice_is_refused() {
+    if !can_mount() {
+        return;
+    }
+    let w = World::new();
+    let _g = w.mount_ok(&[]);
+    let (o, _g2) = w.mount("remote", "mnt", &["--cache-dir", &w.s("cache")], PASS);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("already mounted"), "{t}");
+    assert!(t.contains("mountctl unmount"), "{t}");
+
+    // Another mount point, the same cache: the running mount holds it.
+    fs::create_dir(w.path("mnt2")).unwrap();
+    let (o, _g3) = w.mount("remote", "mnt2", &["--cache-dir", &w.s("cache")], PASS);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("in use by another process"),
+        "{}",
+        text(&o)
+    );
+    assert!(!is_mounted(&w.path("mnt2")));
+}
+
+#[test]
+fn a_wrong_passphrase_is_refused() {
+    if !can_mount() {
+        return;
+    }
+    let w = World::new();
+    let g = w.mount_ok(&[]);
+    let o = w.run(&["unmount", &w.s("mnt")], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    drop(g);
+    let (o, _g) = w.mount(
+        "remote",
+        "mnt",
+        &["--cache-dir", &w.s("cache")],
+        "not the passphrase",
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("wrong passphrase"), "{t}");
+    assert!(t.contains("nothing was changed"), "{t}");
+    assert!(!is_mounted(&w.path("mnt")));
+}
+
+#[test]
+fn an_unreachable_provider_keeps_the_queue_for_the_next_mount() {
+    if !can_mount() {
+        return;
+    }
+    let w = World::new();
+    let g = w.mount_ok(&[]);
+    // Listed once while online (a folder never listed cannot be written to offline).
+    assert_eq!(fs::read_dir(w.path("mnt")).unwrap().count(), 1);
+    fs::rename(w.path("remote"), w.path("away")).unwrap();
+    fs::write(w.path("mnt/offline.txt"), b"written offline").unwrap();
+    let o = w.run(&["flush", &w.s("mnt"), "--timeout", "500ms"], None);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("cannot be reached"), "{}", text(&o));
+    let o = w.run(&["unmount", &w.s("mnt"), "--timeout", "500ms"], None);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("the provider cannot be reached: 1 operations stay queued in the write-ahead log and will be uploaded by the next mount"),
+        "{t}"
+    );
+    assert!(!is_mounted(&w.path("mnt")), "unmounted all the same");
+    drop(g);
+
+    fs::rename(w.path("away"), w.path("remote")).unwrap();
+    let g = w.mount_ok(&[]);
+    let o = w.run(&["flush", &w.s("mnt")], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        fs::read(w.path("remote/offline.txt")).unwrap(),
+        b"written offline"
+    );
+    drop(g);
+}
+
+#[test]
+fn signals_and_outside_unmounts_flush_and_stop() {
+    if !can_mount() {
+        return;
+    }
+    let w = World::new();
+    // A long write-back delay: only the shutdown's flush uploads in time.
+    let g = w.mount_ok(&["--write-back-delay", "1h"]);
+    fs::write(w.path("mnt/term.txt"), b"before SIGTERM").unwrap();
+    let pid = w.status("mnt")["pid"].as_u64().unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    wait_until("the mount's process ends", || !alive(pid));
+    assert!(!is_mounted(&w.path("mnt")));
+    assert_eq!(
+        fs::read(w.path("remote/term.txt")).unwrap(),
+        b"before SIGTERM"
+    );
+    assert_eq!(registered(&w), 0);
+    drop(g);
+
+    let g = w.mount_ok(&["--write-back-delay", "1h"]);
+    fs::write(w.path("mnt/outside.txt"), b"before umount").unwrap();
+    let pid = w.status("mnt")["pid"].as_u64().unwrap();
+    let o = Command::new("umount").arg(w.path("mnt")).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    wait_until("the mount's process ends", || !alive(pid));
+    assert_eq!(
+        fs::read(w.path("remote/outside.txt")).unwrap(),
+        b"before umount"
+    );
+    assert_eq!(registered(&w), 0);
+    drop(g);
+}
+
+#[test]
+fn a_busy_mount_stays_until_its_files_are_closed_or_it_is_told_to_stop() {
+    if !can_mount() {
+        return;
+    }
+    let w = World::new();
+    let g = w.mount_ok(&[]);
+    let open = fs::File::open(w.path("mnt/hello.txt")).unwrap();
+    let o = w.run(&["unmount", &w.s("mnt")], None);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("still open"), "{t}");
+    assert!(is_mounted(&w.path("mnt")));
+    assert_eq!(w.status("mnt")["queued"], 0, "still served");
+    drop(open);
+    let o = w.run(&["unmount", &w.s("mnt")], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!is_mounted(&w.path("mnt")));
+    drop(g);
+
+    // SIGTERM while a file is open: detached lazily, and the process ends all the same.
+    let g = w.mount_ok(&["--write-back-delay", "1h"]);
+    fs::write(w.path("mnt/busy.txt"), b"flushed at SIGTERM").unwrap();
+    let open = fs::File::open(w.path("mnt/hello.txt")).unwrap();
+    let pid = w.status("mnt")["pid"].as_u64().unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    wait_until("the mount's process ends", || !alive(pid));
+    assert!(!is_mounted(&w.path("mnt")));
+    assert_eq!(
+        fs::read(w.path("remote/busy.txt")).unwrap(),
+        b"flushed at SIGTERM"
+    );
+    drop(open);
+    drop(g);
+}
+
+#[test]
+fn a_mount_left_by_a_dead_process_is_cleared_by_unmount() {
+    if !can_mount() {
+        return;
+    }
+    let w = World::new();
+    let g = w.mount_ok(&[]);
+    let pid = w.status("mnt")["pid"].as_u64().unwrap();
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    wait_until("the mount's process ends", || !alive(pid));
+    let (o, _g2) = w.mount("remote", "mnt", &["--cache-dir", &w.s("cache")], PASS);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("mountctl unmount"), "{}", text(&o));
+    let o = w.run(&["unmount", &w.s("mnt")], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("no running mount owned it"),
+        "{}",
+        text(&o)
+    );
+    assert!(!is_mounted(&w.path("mnt")));
+    drop(g);
+    let g = w.mount_ok(&[]);
+    assert!(w.path("mnt/hello.txt").exists());
+    drop(g);
+}
+
+#[test]
+fn each_remote_gets_its_own_default_cache() {
+    if !can_mount() {
+        return;
+    }
+    let w = World::new();
+    fs::create_dir(w.path("remote2")).unwrap();
+    fs::create_dir(w.path("mnt2")).unwrap();
+    let (o, _g1) = w.mount("remote", "mnt", &[], PASS);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (o, _g2) = w.mount("remote2", "mnt2", &[], PASS);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (a, b) = (w.status("mnt"), w.status("mnt2"));
+    let (a, b) = (
+        a["cache_dir"].as_str().unwrap(),
+        b["cache_dir"].as_str().unwrap(),
+    );
+    assert_ne!(a, b);
+    for c in [a, b] {
+        assert!(
+            c.starts_with(&w.s("home/syncoxide/local-")),
+            "{c} is not in the default cache directory"
+        );
+    }
+}
