@@ -432,6 +432,48 @@ impl ChunkCache {
     /// reported as [`CacheError::Integrity`] (and dropped unless dirty); its bytes are never
     /// returned.
     pub fn get(&self, key: &ChunkKey) -> Result<Option<Bytes>> {
+        self.read_chunk(key, None)
+    }
+
+    /// Bytes `[offset, offset + len)` of `key`'s chunk (clamped to its end), reading and
+    /// authenticating only the 64 KiB blocks they fall in. Same answers as [`ChunkCache::get`].
+    pub fn get_range(&self, key: &ChunkKey, offset: u64, len: u64) -> Result<Option<Bytes>> {
+        self.read_chunk(key, Some((offset, len)))
+    }
+
+    fn read_range(
+        &self,
+        path: &Path,
+        key: &ChunkKey,
+        offset: u64,
+        len: u64,
+    ) -> std::io::Result<Result<Bytes, &'static str>> {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::open(path)?;
+        let file_len = f.metadata()?.len();
+        if file_len < format::PREFIX_LEN as u64 {
+            return Ok(Err("file shorter than a chunk header"));
+        }
+        let mut prefix = [0u8; format::PREFIX_LEN];
+        f.read_exact_at(&mut prefix, 0)?;
+        let p = match format::parse_prefix(&prefix, file_len) {
+            Ok(p) => p,
+            Err(r) => return Ok(Err(r)),
+        };
+        let (b0, _, start, stop) = format::block_span(&p, offset, len);
+        let mut region = vec![0u8; (stop - start) as usize];
+        f.read_exact_at(&mut region, start)?;
+        let plain = match format::open_blocks(&self.cipher, key, &p, b0, region) {
+            Ok(b) => b,
+            Err(r) => return Ok(Err(r)),
+        };
+        let first = b0 * format::BLOCK as u64;
+        let from = (offset.min(p.len) - first) as usize;
+        let to = (offset.saturating_add(len).min(p.len) - first) as usize;
+        Ok(Ok(plain.slice(from.min(plain.len())..to.min(plain.len()))))
+    }
+
+    fn read_chunk(&self, key: &ChunkKey, range: Option<(u64, u64)>) -> Result<Option<Bytes>> {
         let name = self.cipher.name(key);
         for _ in 0..3 {
             let state = {
@@ -451,8 +493,12 @@ impl ChunkCache {
                 }
             };
             let path = self.chunk_path(name, state);
-            let file = match layout::read_whole(&path) {
-                Ok(b) => b,
+            let read = match range {
+                None => layout::read_whole(&path).map(|file| format::open(&self.cipher, key, file)),
+                Some((off, len)) => self.read_range(&path, key, off, len),
+            };
+            let opened = match read {
+                Ok(r) => r,
                 // Renamed by a concurrent state change, or removed: look again.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
@@ -464,7 +510,7 @@ impl ChunkCache {
                     return Ok(None);
                 }
             };
-            return match format::open(&self.cipher, key, file) {
+            return match opened {
                 Ok(plain) => {
                     self.hits.fetch_add(1, Ordering::Relaxed);
                     Ok(Some(plain))
@@ -516,6 +562,7 @@ impl ChunkCache {
             }
         }
         let sealed = format::seal(&self.cipher, key, data);
+        debug_assert_eq!(sealed.len() as u64, format::sealed_len(data.len() as u64));
         let charge = layout::charge(sealed.len() as u64, 0, self.block_size);
         let reserved = {
             let mut st = self.lock();

@@ -584,3 +584,75 @@ fn external_files_are_charged_and_make_room_by_evicting() {
     c.release_external(1 << 20);
     assert!(c.usage().used_bytes < before + 200_000);
 }
+
+#[test]
+fn every_block_of_a_multi_block_chunk_is_authenticated() {
+    let d = tempfile::tempdir().unwrap();
+    let c = open(d.path(), 16 << 20);
+    let k = key("o", "v", 0);
+    let len = 3 * cache::format::BLOCK + 500;
+    c.put(&k, &data(4, len), PutKind::Dirty).unwrap();
+    let f = chunk_files(d.path()).pop().unwrap();
+    let good = std::fs::read(&f).unwrap();
+    let b = cache::format::BLOCK + 16;
+    // A byte in the ciphertext and in the tag of every block; a ranged read of that block fails,
+    // a ranged read of another block does not.
+    for block in 0..4usize {
+        let start = 28 + block * b;
+        let end = (start + b).min(good.len());
+        for off in [start, start + 1000.min(end - start - 17), end - 1] {
+            let mut bad = good.clone();
+            bad[off] ^= 0x20;
+            std::fs::write(&f, &bad).unwrap();
+            let at = (block * cache::format::BLOCK) as u64;
+            assert!(
+                matches!(c.get_range(&k, at, 10), Err(CacheError::Integrity { .. })),
+                "flip at {off} in block {block}"
+            );
+            assert!(matches!(c.get(&k), Err(CacheError::Integrity { .. })));
+            let other = ((block + 1) % 4 * cache::format::BLOCK) as u64;
+            assert_eq!(
+                c.get_range(&k, other, 10).unwrap().as_deref(),
+                Some(&data(4, len)[other as usize..other as usize + 10])
+            );
+        }
+    }
+    // Two blocks swapped.
+    let mut swapped = good.clone();
+    let (x, y) = (28, 28 + b);
+    let blk0 = good[x..x + b].to_vec();
+    swapped[x..x + b].copy_from_slice(&good[y..y + b]);
+    swapped[y..y + b].copy_from_slice(&blk0);
+    std::fs::write(&f, &swapped).unwrap();
+    assert!(matches!(
+        c.get_range(&k, 0, 10),
+        Err(CacheError::Integrity { .. })
+    ));
+    // The last block cut off and the length fixed up: the header no longer matches.
+    let mut cut = good.clone();
+    cut.truncate(good.len() - 516);
+    std::fs::write(&f, &cut).unwrap();
+    assert!(matches!(c.get(&k), Err(CacheError::Integrity { .. })));
+    std::fs::write(&f, &good).unwrap();
+    assert_eq!(c.get(&k).unwrap().as_deref(), Some(&data(4, len)[..]));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+    #[test]
+    fn a_ranged_read_equals_the_same_slice_of_a_whole_read(
+        len in 0usize..300_000,
+        offset in 0u64..320_000,
+        want in 0u64..200_000,
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        let c = open(d.path(), 16 << 20);
+        let k = key("o", "v", 1);
+        let bytes = data(len as u64, len);
+        c.put(&k, &bytes, PutKind::Clean).unwrap();
+        let got = c.get_range(&k, offset, want).unwrap().unwrap();
+        let from = (offset as usize).min(len);
+        let to = (offset.saturating_add(want) as usize).min(len);
+        proptest::prop_assert_eq!(&got[..], &bytes[from..to]);
+    }
+}
