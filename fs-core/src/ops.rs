@@ -240,7 +240,7 @@ impl Vfs {
                 }
             }
         }
-        self.sync_log().await?;
+        self.log_to_os()?;
         self.getattr(ino).await
     }
 
@@ -378,7 +378,7 @@ impl Vfs {
             )?;
             attr
         };
-        self.sync_log().await?;
+        self.log_to_os()?;
         let opened = self.new_handle(attr.ino, flags);
         Ok((attr, opened))
     }
@@ -451,7 +451,7 @@ impl Vfs {
             )?;
             attr
         };
-        self.sync_log().await?;
+        self.log_to_os()?;
         Ok(attr)
     }
 
@@ -489,7 +489,7 @@ impl Vfs {
             )?;
             attr
         };
-        self.sync_log().await?;
+        self.log_to_os()?;
         Ok(attr)
     }
 
@@ -550,7 +550,7 @@ impl Vfs {
                 n.dirty = false;
             }
         }
-        self.sync_log().await
+        self.log_to_os()
     }
 
     pub async fn rename(
@@ -647,7 +647,7 @@ impl Vfs {
                 n.ctime = now;
             }
         }
-        self.sync_log().await
+        self.log_to_os()
     }
 
     /// Hard links are not supported (a cloud object has one name).

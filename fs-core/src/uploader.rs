@@ -41,6 +41,8 @@ struct Entry {
     in_flight: bool,
     attempts: u32,
     retry_at: Option<Instant>,
+    /// Queued again at start: it may have been applied before a crash.
+    recovered: bool,
 }
 
 /// Records waiting for the provider.
@@ -66,8 +68,22 @@ impl Queue {
                 in_flight: false,
                 attempts: 0,
                 retry_at: None,
+                recovered: false,
             },
         );
+    }
+
+    /// Queues a record found unapplied in the log at start (it may have been applied before the
+    /// crash, its marker lost).
+    pub fn push_recovered(&mut self, lsn: Lsn, rec: Record, ready: Instant) {
+        self.push(lsn, rec, ready);
+        if let Some(e) = self.entries.get_mut(&lsn) {
+            e.recovered = true;
+        }
+    }
+
+    fn recovered(&self, lsn: Lsn) -> bool {
+        self.entries.get(&lsn).is_some_and(|e| e.recovered)
     }
 
     pub fn len(&self) -> usize {
@@ -274,6 +290,8 @@ impl Vfs {
     }
 
     /// Journals the `Applied` marker and updates the namespace with what the provider has now.
+    /// The marker is handed to the OS (a lost marker only means an idempotent re-apply); before
+    /// a commit's dirty chunks are released, it is made durable, since a re-apply needs them.
     async fn finish(
         &self,
         lsn: Lsn,
@@ -316,6 +334,11 @@ impl Vfs {
                 _ => Vec::new(),
             }
         };
+        if released.is_empty() {
+            self.log_to_os()?;
+        } else {
+            self.sync_log().await?;
+        }
         for (key, keep_clean) in released {
             let r = if keep_clean {
                 inner.cache.mark_clean(&key)
@@ -329,7 +352,7 @@ impl Vfs {
             }
         }
         inner.queue_changed.notify_one();
-        self.sync_log().await
+        Ok(())
     }
 
     /// Chunks of `committed` no longer needed dirty: `(key, still referenced as a clean copy)`.
@@ -430,8 +453,21 @@ impl Vfs {
                 }
             }
             Record::Rename { from, to, node, .. } => {
-                if self.remote_version(*node).is_none() && !self.is_dir(*node) {
+                let known = self.remote_version(*node);
+                let dir = self.is_dir(*node);
+                if known.is_none() && !dir {
                     return Ok(Outcome::Skipped);
+                }
+                // Re-applied after a crash: move only the object this record knew, never one
+                // created at `from` by a later record that was applied too.
+                if let (Some(v), false) = (&known, dir) {
+                    if lock(&self.inner.queue).recovered(lsn) {
+                        match p.stat(from).await {
+                            Ok(e) if &e.version == v => {}
+                            Ok(_) | Err(ProviderError::NotFound(_)) => return Ok(Outcome::Skipped),
+                            Err(e) => return Err(e),
+                        }
+                    }
                 }
                 match p.rename(from, to, true).await {
                     Ok(e) => Ok(Outcome::Applied(Some(e))),

@@ -225,7 +225,7 @@ impl Vfs {
             {
                 continue;
             }
-            queue.push(*lsn, rec.clone(), now);
+            queue.push_recovered(*lsn, rec.clone(), now);
             if let Some(n) = ns.get_mut(rec.node()) {
                 n.pending += 1;
             }
@@ -453,6 +453,16 @@ impl Vfs {
         lock(&inner.queue).push(lsn, rec, ready);
         inner.queue_changed.notify_one();
         Ok(lsn)
+    }
+
+    /// Hands everything journaled so far to the operating system: it survives a crash of this
+    /// process at once, and a power loss after the next [`Vfs::sync_log`] (namespace changes
+    /// get the durability of a local file system without `dirsync`; close and fsync sync).
+    pub(crate) fn log_to_os(&self) -> FsResult<()> {
+        self.inner.wal.write_through().map_err(|e| {
+            tracing::error!(error = %e, "write-ahead log write failed");
+            FsError::io(e)
+        })
     }
 
     /// Waits until everything journaled so far is durable (group commit on the blocking pool).

@@ -740,17 +740,24 @@ impl Wal {
             }
             st.syncing = true;
             st = self.gather(st);
-            let batch = std::mem::take(&mut st.pending);
-            let last = st.next_lsn - 1;
             drop(st);
             let started = Instant::now();
-            let res = self.write_batch(batch);
+            // Whoever takes pending bytes holds the writer lock, so batches reach the file in
+            // LSN order (see `write_through`).
+            let res = {
+                let mut w = lock(&self.writer);
+                let (batch, last) = {
+                    let mut st = lock(&self.state);
+                    (std::mem::take(&mut st.pending), st.next_lsn - 1)
+                };
+                self.write_batch(&mut w, batch, true).map(|()| last)
+            };
             st = lock(&self.state);
             st.last_sync = started.elapsed();
             st.syncing = false;
             self.cond.notify_all();
             match res {
-                Ok(()) => {
+                Ok(last) => {
                     st.durable_lsn = st.durable_lsn.max(last);
                     // Everyone whose record is now durable stops counting as waiting.
                     let first_not_durable = st.durable_lsn + 1;
@@ -796,14 +803,30 @@ impl Wal {
 
     /// Writes `batch` (rolling segments over where it says so) and syncs it. Called only by the
     /// thread that set `syncing`.
-    fn write_batch(&self, batch: Vec<Piece>) -> Result<()> {
-        if batch.is_empty() {
+    /// Hands every record appended so far to the operating system (`write(2)`, no
+    /// `fdatasync`): they survive a crash of this process, not a power loss. Cheap; [`Wal::sync`]
+    /// makes them durable. Lock order: writer, then state.
+    pub fn write_through(&self) -> Result<()> {
+        let mut w = lock(&self.writer);
+        let batch = {
+            let mut st = lock(&self.state);
+            st.check(&self.dir)?;
+            std::mem::take(&mut st.pending)
+        };
+        let res = self.write_batch(&mut w, batch, false);
+        if let Err(e) = &res {
+            lock(&self.state).broken = Some((io_kind(e), e.to_string()));
+        }
+        res
+    }
+
+    fn write_batch(&self, w: &mut Writer, batch: Vec<Piece>, sync: bool) -> Result<()> {
+        if batch.is_empty() && !sync {
             return Ok(());
         }
-        let mut w = lock(&self.writer);
         for piece in batch {
             if let Some(first) = piece.start {
-                self.roll(&mut w, first, piece.alloc)?;
+                self.roll(w, first, piece.alloc)?;
             }
             if piece.bytes.is_empty() {
                 continue;
@@ -817,11 +840,14 @@ impl Wal {
                     source: io::Error::other("no open segment"),
                 });
             };
-            let res = preallocate(&file, &mut w, &path, piece.alloc.max(end))
+            let res = preallocate(&file, w, &path, piece.alloc.max(end))
                 .and_then(|()| file.write_all(&piece.bytes).map_err(io_err("write", &path)));
             w.file = Some(file);
             res?;
             w.len = end;
+        }
+        if !sync {
+            return Ok(());
         }
         if let Some(file) = &w.file {
             file.sync_data()

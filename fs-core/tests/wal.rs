@@ -908,3 +908,39 @@ fn format_matches_the_documentation() {
     }
     assert_eq!(pos, d.len());
 }
+
+/// `write_through` hands records to the OS without fdatasync: they are in the segment file at
+/// once (so a crash of the process keeps them) and a later sync covers them.
+#[test]
+fn write_through_puts_records_in_the_file_without_a_sync() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (wal, _) = open(tmp.path(), 1).expect("open");
+    wal.append_durable(b"first").expect("append");
+    let syncs = wal.syncs();
+    let before: u64 = segments(tmp.path())
+        .iter()
+        .map(|p| fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    wal.append(b"second, handed to the OS").expect("append");
+    wal.write_through().expect("write through");
+    let after: u64 = segments(tmp.path())
+        .iter()
+        .map(|p| fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    assert!(
+        after > before,
+        "the record is in the file: {before} -> {after}"
+    );
+    assert_eq!(wal.syncs(), syncs, "no fdatasync");
+    wal.sync().expect("sync");
+    assert_eq!(
+        wal.syncs(),
+        syncs + 1,
+        "the sync covers what was written through"
+    );
+    assert_eq!(wal.durable_lsn(), 2);
+    drop(wal);
+    let (_, records) = open(tmp.path(), 1).expect("reopen");
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1].1, b"second, handed to the OS");
+}
