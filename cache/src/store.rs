@@ -801,6 +801,43 @@ impl ChunkCache {
         NameHasher::new(&self.data_key, purpose)
     }
 
+    /// Makes dirty chunks written with [`PutKind::DirtyUnsynced`] durable: their files and the
+    /// chunks directory are fsync'd (many at once: one `syncfs` of the cache's file system,
+    /// which costs one journal commit instead of one per file).
+    pub fn sync_chunks(&self, keys: &[ChunkKey]) -> Result<()> {
+        const SYNCFS_ABOVE: usize = 8;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        if keys.len() > SYNCFS_ABOVE {
+            let dir = fs::File::open(&self.chunks_dir)
+                .map_err(|e| CacheError::io("open", &self.chunks_dir, e))?;
+            return rustix::fs::syncfs(&dir).map_err(|e| {
+                let e = std::io::Error::from(e);
+                self.health.report_failure("syncfs", &e);
+                CacheError::io("syncfs", &self.chunks_dir, e)
+            });
+        }
+        for key in keys {
+            let name = self.cipher.name(key);
+            let Some(state) = self.state_of(name) else {
+                continue;
+            };
+            let path = self.chunk_path(name, state);
+            match fs::File::open(&path).and_then(|f| f.sync_data()) {
+                Ok(()) => {}
+                // Replaced or removed meanwhile: whoever did that made it durable or dropped it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    self.health.report_failure("fsync chunk", &e);
+                    return Err(CacheError::io("fsync", path, e));
+                }
+            }
+        }
+        layout::fsync_dir(&self.chunks_dir)
+            .map_err(|e| CacheError::io("fsync", &self.chunks_dir, e))
+    }
+
     /// Counts `bytes` of a file kept in the cache directory by someone else (the WAL, the
     /// namespace snapshot) against the limit, evicting clean chunks to make room, *before* the
     /// caller writes them. `NoRoom` when pinned data leaves no room.

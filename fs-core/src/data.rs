@@ -428,14 +428,19 @@ impl Vfs {
         if take.is_empty() {
             return Ok(take);
         }
+        // Spilled chunks need not be durable before the commit: written unsynced, then synced
+        // together by the commit (or carried inline in its record for a small file).
         let inline = all && size <= self.inner.cfg.inline_max;
-        let kind = if inline {
-            PutKind::DirtyUnsynced
-        } else {
-            PutKind::Dirty
-        };
         for (i, data) in &take {
-            self.put_dirty(node, *i, data.clone(), kind).await?;
+            let key = self
+                .put_dirty(node, *i, data.clone(), PutKind::DirtyUnsynced)
+                .await?;
+            if !inline {
+                lock(&self.inner.unsynced)
+                    .entry(node)
+                    .or_default()
+                    .push(key);
+            }
         }
         Ok(if inline { take } else { Vec::new() })
     }
@@ -444,7 +449,13 @@ impl Vfs {
     /// cache is full of dirty data, it commits what the file has so far (so the uploader can
     /// send it and free room) and waits: back-pressure, not failure. `NoSpace` only when the
     /// provider cannot be reached and nothing frees room.
-    async fn put_dirty(&self, node: NodeId, i: u64, data: Vec<u8>, kind: PutKind) -> FsResult<()> {
+    async fn put_dirty(
+        &self,
+        node: NodeId,
+        i: u64,
+        data: Vec<u8>,
+        kind: PutKind,
+    ) -> FsResult<ChunkKey> {
         let cs = self.inner.cfg.chunk_size;
         let data = Bytes::from(data);
         let step = std::time::Duration::from_millis(50);
@@ -456,7 +467,12 @@ impl Vfs {
                 let n = ns.get(node).ok_or(FsError::BadHandle)?;
                 (local_key(&n.object_id(), n.content.gen, i), n.content.gen)
             };
-            match self.inner.cache.put_async(key, data.clone(), kind).await {
+            match self
+                .inner
+                .cache
+                .put_async(key.clone(), data.clone(), kind)
+                .await
+            {
                 Ok(_) => {
                     let mut ns = lock(&self.inner.ns);
                     if let Some(n) = ns.get_mut(node) {
@@ -465,7 +481,7 @@ impl Vfs {
                             n.content.alias.remove(&i);
                         }
                     }
-                    return Ok(());
+                    return Ok(key);
                 }
                 Err(cache::CacheError::NoRoom { .. }) => {
                     let offline = lock(&self.inner.queue).offline_since.is_some();
@@ -495,6 +511,8 @@ impl Vfs {
     /// once, so that a file larger than the cache can be written: the provider then sees
     /// intermediate states of a file that is still open (docs/SEMANTICS.md).
     fn pressure_commit(&self, node: NodeId) -> FsResult<()> {
+        let unsynced = lock(&self.inner.unsynced).remove(&node).unwrap_or_default();
+        self.inner.cache.sync_chunks(&unsynced)?;
         let mut ns = lock(&self.inner.ns);
         let Some(path) = ns.path_of(node) else {
             return Ok(());
@@ -531,6 +549,13 @@ impl Vfs {
             return Ok(());
         }
         let inline = self.spill(node, true).await?;
+        let unsynced = lock(&self.inner.unsynced).remove(&node).unwrap_or_default();
+        if !unsynced.is_empty() {
+            let cache = self.inner.cache.clone();
+            tokio::task::spawn_blocking(move || cache.sync_chunks(&unsynced))
+                .await
+                .map_err(FsError::io)??;
+        }
         {
             let mut ns = lock(&self.inner.ns);
             let Some(path) = ns.path_of(node) else {

@@ -18,7 +18,7 @@
 //! Commit record; durable) → Uploading → Clean (rebased on the new remote version) | Conflict`.
 //!
 //! # Lock order
-//! per-node async lock (`node_lock`) → `ns` → `bufs` → `handles` → `queue`; the WAL's and the
+//! per-node async lock (`node_lock`) → `ns` → `bufs` → `unsynced` → `handles` → `queue`; the WAL's and the
 //! cache's own locks are leaves. No std mutex is held across an `.await`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -107,6 +107,8 @@ pub(crate) struct Inner {
     pub handles: Mutex<HashMap<u64, Handle>>,
     pub next_fh: AtomicU64,
     pub bufs: Mutex<HashMap<NodeId, WriteBuf>>,
+    /// Dirty chunks spilled without fsync, per file, synced by its next commit.
+    pub unsynced: Mutex<HashMap<NodeId, Vec<ChunkKey>>>,
     pub node_locks: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
     pub flights: SingleFlight<ChunkKey, Result<Bytes, FsError>>,
     pub prefetch: Arc<Semaphore>,
@@ -256,6 +258,7 @@ impl Vfs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             bufs: Mutex::new(HashMap::new()),
+            unsynced: Mutex::new(HashMap::new()),
             node_locks: Mutex::new(HashMap::new()),
             flights: SingleFlight::new(),
             queue: Mutex::new(queue),
