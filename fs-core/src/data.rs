@@ -121,14 +121,20 @@ impl Vfs {
         };
         match plan.src {
             ChunkSrc::Hole => Ok(Bytes::new()),
-            ChunkSrc::Local(g) => match ranged(local_key(oid, g, plan.index)).await? {
-                Ok(Some(b)) => Ok(b),
-                Ok(None) => Err(FsError::Io(format!(
-                    "written data of chunk {} of node {} is missing from the cache",
-                    plan.index, node.0
-                ))),
-                Err(e) => Err(FsError::io(e)),
-            },
+            ChunkSrc::Local(g) => {
+                let key = local_key(oid, g, plan.index);
+                if let Some(b) = self.pending_chunk(&key) {
+                    return Ok(slice(b));
+                }
+                match ranged(key).await? {
+                    Ok(Some(b)) => Ok(b),
+                    Ok(None) => Err(FsError::Io(format!(
+                        "written data of chunk {} of node {} is missing from the cache",
+                        plan.index, node.0
+                    ))),
+                    Err(e) => Err(FsError::io(e)),
+                }
+            }
             ChunkSrc::Base { alias } => {
                 let version = content_base.ok_or(FsError::BadHandle)?;
                 if let Some(g) = alias {
@@ -431,6 +437,10 @@ impl Vfs {
         // Spilled chunks need not be durable before the commit: written unsynced, then synced
         // together by the commit (or carried inline in its record for a small file).
         let inline = all && size <= self.inner.cfg.inline_max;
+        if inline {
+            self.hand_over_inline(node, &take);
+            return Ok(take);
+        }
         for (i, data) in &take {
             let key = self
                 .put_dirty(node, *i, data.clone(), PutKind::DirtyUnsynced)
@@ -443,6 +453,57 @@ impl Vfs {
             }
         }
         Ok(if inline { take } else { Vec::new() })
+    }
+
+    /// A small file's chunks at its commit: their bytes travel inline in the commit record (the
+    /// one fsync of the close makes them durable), so putting them into the cache can happen
+    /// after close returns. Until it has, readers and the uploader find them in `pending_puts`.
+    fn hand_over_inline(&self, node: NodeId, chunks: &[(u64, Vec<u8>)]) {
+        let cs = self.inner.cfg.chunk_size;
+        let keys: Vec<(ChunkKey, Bytes)> = {
+            let mut ns = lock(&self.inner.ns);
+            let Some(n) = ns.get_mut(node) else { return };
+            let (oid, gen) = (n.object_id(), n.content.gen);
+            let mut keys = Vec::new();
+            for (i, data) in chunks {
+                if i * cs < n.content.size {
+                    n.content.local.insert(*i, gen);
+                    n.content.alias.remove(i);
+                    keys.push((local_key(&oid, gen, *i), Bytes::from(data.clone())));
+                }
+            }
+            keys
+        };
+        {
+            let mut pending = lock(&self.inner.pending_puts);
+            for (k, b) in &keys {
+                pending.insert(k.clone(), b.clone());
+            }
+        }
+        let vfs = self.clone();
+        tokio::spawn(async move {
+            for (key, data) in keys {
+                match vfs
+                    .inner
+                    .cache
+                    .put_async(key.clone(), data, PutKind::DirtyUnsynced)
+                    .await
+                {
+                    Ok(_) => {
+                        lock(&vfs.inner.pending_puts).remove(&key);
+                    }
+                    // Kept in memory (and inline in the log) until a later put or a restart.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not store a small file in the cache")
+                    }
+                }
+            }
+        });
+    }
+
+    /// A committed small file's chunk not yet in the cache.
+    pub(crate) fn pending_chunk(&self, key: &ChunkKey) -> Option<Bytes> {
+        lock(&self.inner.pending_puts).get(key).cloned()
     }
 
     /// Puts chunk `i` of `node` as a dirty chunk of the file's current generation. While the

@@ -10,7 +10,7 @@
 //! local one is written beside it as `NAME.conflict-<host>-<YYYYMMDD-HHMMSS>[-N].EXT`: nothing
 //! is silently overwritten.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -116,29 +116,53 @@ impl Queue {
     }
 
     /// Picks records that may start now: ready, not failing, and touching no path that an
-    /// earlier unfinished record touches. Returns them and when to look again.
+    /// earlier unfinished record touches (the same path, an ancestor or a descendant). Returns
+    /// them and when to look again. O(window × path depth).
     fn runnable(&mut self, now: Instant, slots: usize) -> (Vec<(Lsn, Record)>, Option<Instant>) {
-        let mut out = Vec::new();
-        let mut blocked: Vec<RemotePath> = Vec::new();
+        let mut chosen = Vec::new();
         let mut wake: Option<Instant> = None;
-        for (lsn, e) in self.entries.iter_mut().take(SCAN_WINDOW) {
-            let paths: Vec<RemotePath> = e.rec.paths().into_iter().cloned().collect();
-            let free = !paths
-                .iter()
-                .any(|p| blocked.iter().any(|b| p.starts_with(b) || b.starts_with(p)));
-            let ready_at = match e.retry_at {
-                Some(r) => r.max(if self.flush { now } else { e.ready }),
-                None if self.flush => now,
-                None => e.ready,
+        {
+            // Paths of earlier unfinished records, and every ancestor of those.
+            let mut blocked: HashSet<&str> = HashSet::new();
+            let mut ancestors: HashSet<&str> = HashSet::new();
+            let overlaps = |p: &str, blocked: &HashSet<&str>, ancestors: &HashSet<&str>| {
+                blocked.contains(p)
+                    || ancestors.contains(p)
+                    || blocked.contains("")
+                    || p.match_indices('/').any(|(i, _)| blocked.contains(&p[..i]))
             };
-            if !e.in_flight && free && out.len() < slots && ready_at <= now {
-                e.in_flight = true;
-                out.push((*lsn, e.rec.clone()));
-            } else if !e.in_flight && ready_at > now {
-                wake = Some(wake.map_or(ready_at, |w: Instant| w.min(ready_at)));
+            for (lsn, e) in self.entries.iter().take(SCAN_WINDOW) {
+                let paths: Vec<&str> = e.rec.paths().into_iter().map(|p| p.as_str()).collect();
+                let free = !paths.iter().any(|p| overlaps(p, &blocked, &ancestors));
+                let ready_at = match e.retry_at {
+                    Some(r) => r.max(if self.flush { now } else { e.ready }),
+                    None if self.flush => now,
+                    None => e.ready,
+                };
+                if !e.in_flight && free && chosen.len() < slots && ready_at <= now {
+                    chosen.push(*lsn);
+                } else if !e.in_flight && ready_at > now {
+                    wake = Some(wake.map_or(ready_at, |w: Instant| w.min(ready_at)));
+                }
+                for p in paths {
+                    blocked.insert(p);
+                    for (i, _) in p.match_indices('/') {
+                        ancestors.insert(&p[..i]);
+                    }
+                    if !p.is_empty() {
+                        ancestors.insert("");
+                    }
+                }
             }
-            blocked.extend(paths);
         }
+        let out = chosen
+            .into_iter()
+            .filter_map(|lsn| {
+                let e = self.entries.get_mut(&lsn)?;
+                e.in_flight = true;
+                Some((lsn, e.rec.clone()))
+            })
+            .collect();
         (out, wake)
     }
 
@@ -322,14 +346,11 @@ impl Vfs {
                 Record::Rename { from, .. } => ns.remove_tombstone(from),
                 _ => {}
             }
-            let mut q = lock(&inner.queue);
-            q.complete(lsn);
-            q.offline_since = None;
-            drop(q);
+            lock(&inner.queue).offline_since = None;
             // Dirty chunks of an uploaded commit that nothing references any more.
             match rec {
                 Record::Commit { content, node, .. } => {
-                    self.unreferenced_chunks(&ns, *node, content)
+                    self.unreferenced_chunks(&ns, lsn, *node, content)
                 }
                 _ => Vec::new(),
             }
@@ -343,6 +364,7 @@ impl Vfs {
             let r = if keep_clean {
                 inner.cache.mark_clean(&key)
             } else {
+                lock(&inner.pending_puts).remove(&key);
                 inner.cache.remove(&key)
             };
             if let Err(e) = r {
@@ -351,6 +373,8 @@ impl Vfs {
                 }
             }
         }
+        // Done only now: a flush that sees the queue empty finds the chunks released too.
+        lock(&inner.queue).complete(lsn);
         inner.queue_changed.notify_one();
         Ok(())
     }
@@ -359,12 +383,13 @@ impl Vfs {
     fn unreferenced_chunks(
         &self,
         ns: &crate::namespace::Namespace,
+        lsn: Lsn,
         node: NodeId,
         committed: &Content,
     ) -> Vec<(cache::ChunkKey, bool)> {
         let q = lock(&self.inner.queue);
         let mut needed_dirty = BTreeSet::new();
-        for e in q.entries.values() {
+        for (_, e) in q.entries.iter().filter(|(l, _)| **l != lsn) {
             if let Record::Commit {
                 node: n, content, ..
             } = &e.rec
@@ -418,7 +443,24 @@ impl Vfs {
                 },
                 Err(e) => Err(e),
             },
-            Record::Create { .. } => Ok(Outcome::Skipped),
+            // A new file reaches the provider with its first commit (at close). Only a file
+            // created before a crash and never closed has none: it is created empty.
+            Record::Create {
+                path, node, mtime, ..
+            } => {
+                let skip = {
+                    let q = lock(&self.inner.queue);
+                    !q.recovered(lsn) || q.superseded(lsn, *node)
+                };
+                if skip {
+                    return Ok(Outcome::Skipped);
+                }
+                let empty = Content {
+                    gen: 1,
+                    ..Content::default()
+                };
+                self.upload(path, *node, &empty, *mtime).await
+            }
             Record::Symlink { path, target, .. } => match p.symlink(path, target).await {
                 Ok(e) => Ok(Outcome::Applied(Some(e))),
                 Err(ProviderError::AlreadyExists(_)) => match p.stat(path).await {
@@ -717,7 +759,11 @@ impl Vfs {
         let len = cs.min(content.size.saturating_sub(i * cs)) as usize;
         let data = match content.src(i, cs) {
             ChunkSrc::Hole => Bytes::new(),
-            ChunkSrc::Local(g) => match self.inner.cache.get(&local_key(oid, g, i)) {
+            ChunkSrc::Local(g) => match self
+                .pending_chunk(&local_key(oid, g, i))
+                .map(|b| Ok(Some(b)))
+                .unwrap_or_else(|| self.inner.cache.get(&local_key(oid, g, i)))
+            {
                 Ok(Some(b)) => b,
                 Ok(None) => {
                     return Err(FsError::Io(format!(
@@ -820,6 +866,41 @@ fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mkdir(path: &str) -> Record {
+        Record::Mkdir {
+            path: RemotePath::parse(path).unwrap(),
+            node: NodeId(2),
+            perm: 0o755,
+            mtime: UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn records_on_overlapping_paths_wait_for_earlier_ones() {
+        let mut q = Queue::default();
+        let now = Instant::now();
+        q.push(1, mkdir("a"), now);
+        q.push(2, mkdir("a/b"), now);
+        q.push(3, mkdir("c"), now);
+        q.push(4, mkdir("ab"), now);
+        q.push(5, mkdir("c/d/e"), now);
+        let (run, _) = q.runnable(now, 10);
+        let lsns: Vec<Lsn> = run.iter().map(|(l, _)| *l).collect();
+        assert_eq!(
+            lsns,
+            vec![1, 3, 4],
+            "a/b waits for a, c/d/e for c; ab is independent"
+        );
+        q.complete(1);
+        let (run, _) = q.runnable(now, 10);
+        assert_eq!(run.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![2]);
+        let later = now + Duration::from_secs(10);
+        q.push(6, mkdir("x"), later);
+        let (run, wake) = q.runnable(now, 10);
+        assert!(run.is_empty());
+        assert_eq!(wake, Some(later));
+    }
 
     #[test]
     fn conflict_names_keep_the_extension() {

@@ -18,7 +18,8 @@
 //! Commit record; durable) → Uploading → Clean (rebased on the new remote version) | Conflict`.
 //!
 //! # Lock order
-//! per-node async lock (`node_lock`) → `ns` → `bufs` → `unsynced` → `handles` → `queue`; the WAL's and the
+//! per-node async lock (`node_lock`) → `ns` → `bufs` → `unsynced` → `pending_puts` → `handles` →
+//! `queue`; the WAL's and the
 //! cache's own locks are leaves. No std mutex is held across an `.await`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -107,6 +108,9 @@ pub(crate) struct Inner {
     pub handles: Mutex<HashMap<u64, Handle>>,
     pub next_fh: AtomicU64,
     pub bufs: Mutex<HashMap<NodeId, WriteBuf>>,
+    /// Committed small files' chunks on their way into the cache (their bytes are inline in the
+    /// log): readers and the uploader look here first.
+    pub pending_puts: Mutex<HashMap<ChunkKey, Bytes>>,
     /// Dirty chunks spilled without fsync, per file, synced by its next commit.
     pub unsynced: Mutex<HashMap<NodeId, Vec<ChunkKey>>>,
     pub node_locks: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
@@ -259,6 +263,7 @@ impl Vfs {
             next_fh: AtomicU64::new(1),
             bufs: Mutex::new(HashMap::new()),
             unsynced: Mutex::new(HashMap::new()),
+            pending_puts: Mutex::new(HashMap::new()),
             node_locks: Mutex::new(HashMap::new()),
             flights: SingleFlight::new(),
             queue: Mutex::new(queue),
