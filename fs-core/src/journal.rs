@@ -89,6 +89,20 @@ impl Record {
         }
     }
 
+    /// The operation's name, for logs.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Record::Mkdir { .. } => "mkdir",
+            Record::Create { .. } => "create",
+            Record::Symlink { .. } => "symlink",
+            Record::Remove { .. } => "remove",
+            Record::Rename { .. } => "rename",
+            Record::SetAttr { .. } => "setattr",
+            Record::Commit { .. } => "commit",
+            Record::Applied { .. } => "applied",
+        }
+    }
+
     /// Provider paths this record touches (for ordering independent records).
     pub fn paths(&self) -> Vec<&RemotePath> {
         match self {

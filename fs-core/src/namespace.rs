@@ -195,7 +195,9 @@ impl Namespace {
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
         };
-        if n.open > 0 {
+        // Open, or with records still queued for the provider (whose application needs to know
+        // what the provider has for it): kept, out of the tree, until released.
+        if n.open > 0 || n.pending > 0 {
             n.orphan = true;
             return;
         }
@@ -227,6 +229,17 @@ impl Namespace {
             p.children
                 .get_or_insert_with(BTreeMap::new)
                 .insert(new_name.to_string(), id);
+        }
+    }
+
+    /// Drops an orphan once nothing holds it (no open handle, nothing queued).
+    pub fn release_orphan(&mut self, id: NodeId) {
+        if self
+            .nodes
+            .get(&id)
+            .is_some_and(|n| n.orphan && n.open == 0 && n.pending == 0)
+        {
+            self.nodes.remove(&id);
         }
     }
 

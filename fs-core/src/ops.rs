@@ -407,15 +407,11 @@ impl Vfs {
         };
         lock(&self.inner.handles).remove(&fh);
         let mut ns = lock(&self.inner.ns);
-        let gone = match ns.get_mut(h.node) {
-            Some(n) => {
-                n.open = n.open.saturating_sub(1);
-                n.open == 0 && n.orphan
-            }
-            None => false,
-        };
-        if gone {
-            ns.nodes.remove(&h.node);
+        if let Some(n) = ns.get_mut(h.node) {
+            n.open = n.open.saturating_sub(1);
+        }
+        ns.release_orphan(h.node);
+        if ns.get(h.node).is_none() {
             lock(&self.inner.bufs).remove(&h.node);
         }
         r
@@ -617,6 +613,14 @@ impl Vfs {
                 .and_then(|p| p.join(new_name))
                 .ok_or(FsError::NotFound)?;
             if let Some(t) = target {
+                // What the provider has at `to` is what the moved node will replace: its next
+                // upload there is conditional on that version (not a conflict with itself).
+                let replaced_remote = ns.get(t).and_then(|n| n.remote.clone());
+                if let Some(n) = ns.get_mut(id) {
+                    if n.remote.is_none() && !n.is_dir() {
+                        n.remote = replaced_remote;
+                    }
+                }
                 // A replaced directory is removed on the provider first (it is empty).
                 if ns.get(t).is_some_and(|n| n.is_dir()) {
                     self.journal(

@@ -208,6 +208,22 @@ enum Outcome {
 impl Vfs {
     /// Starts the uploader on the current tokio runtime. It runs until the VFS is dropped.
     pub fn spawn_uploader(&self) -> tokio::task::JoinHandle<()> {
+        // Uploads cut by a crash may have left temporary files beside their targets; listing
+        // those directories lets the provider clear what its dead writers left.
+        let parents: BTreeSet<RemotePath> = lock(&self.inner.queue)
+            .entries
+            .values()
+            .filter(|e| e.recovered && matches!(e.rec, Record::Commit { .. }))
+            .filter_map(|e| e.rec.paths().first().and_then(|p| p.parent()))
+            .collect();
+        if !parents.is_empty() {
+            let provider = self.inner.provider.clone();
+            tokio::spawn(async move {
+                for dir in parents {
+                    let _ = provider.list(&dir, None).await;
+                }
+            });
+        }
         let weak = std::sync::Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             loop {
@@ -278,6 +294,7 @@ impl Vfs {
     }
 
     async fn apply(&self, lsn: Lsn, rec: Record) {
+        tracing::debug!(lsn, op = rec.kind_name(), path = %rec.paths()[0], "applying");
         let deadline = self.inner.cfg.provider_timeout * 4;
         let result = match tokio::time::timeout(deadline, self.apply_record(lsn, &rec)).await {
             Ok(r) => r,
@@ -341,6 +358,7 @@ impl Vfs {
             if let Some(n) = ns.get_mut(id) {
                 n.pending = n.pending.saturating_sub(1);
             }
+            ns.release_orphan(id);
             match rec {
                 Record::Remove { path, .. } => ns.remove_tombstone(path),
                 Record::Rename { from, .. } => ns.remove_tombstone(from),
@@ -432,8 +450,19 @@ impl Vfs {
     async fn apply_record(&self, lsn: Lsn, rec: &Record) -> Result<Outcome, ProviderError> {
         let p = &self.inner.provider;
         match rec {
-            Record::Mkdir { path, .. } => match p.mkdir(path).await {
-                Ok(e) => Ok(Outcome::Applied(Some(e))),
+            Record::Mkdir { path, perm, .. } => match p.mkdir(path).await {
+                Ok(e) => {
+                    // mkdir(2)'s mode: the provider made it with its default.
+                    let default = e.mode.map(|m| (m & 0o7777) as u16);
+                    if p.capabilities().attrs && default != Some(*perm) {
+                        let attrs = ObjectAttrs {
+                            mode: Some(u32::from(*perm)),
+                            mtime: None,
+                        };
+                        return Ok(Outcome::Applied(Some(p.set_attrs(path, attrs).await?)));
+                    }
+                    Ok(Outcome::Applied(Some(e)))
+                }
                 Err(ProviderError::AlreadyExists(_)) => match p.stat(path).await {
                     Ok(e) if e.kind == crate::provider::EntryKind::Dir => {
                         Ok(Outcome::Applied(Some(e)))
@@ -495,20 +524,19 @@ impl Vfs {
                 }
             }
             Record::Rename { from, to, node, .. } => {
+                // Tried even when the node is not known on the provider (a file renamed while
+                // its upload ran): nothing at `from` is simply nothing to move.
                 let known = self.remote_version(*node);
                 let dir = self.is_dir(*node);
-                if known.is_none() && !dir {
-                    return Ok(Outcome::Skipped);
-                }
                 // Re-applied after a crash: move only the object this record knew, never one
                 // created at `from` by a later record that was applied too.
-                if let (Some(v), false) = (&known, dir) {
-                    if lock(&self.inner.queue).recovered(lsn) {
-                        match p.stat(from).await {
-                            Ok(e) if &e.version == v => {}
-                            Ok(_) | Err(ProviderError::NotFound(_)) => return Ok(Outcome::Skipped),
-                            Err(e) => return Err(e),
+                if lock(&self.inner.queue).recovered(lsn) && !dir {
+                    match (&known, p.stat(from).await) {
+                        (Some(v), Ok(e)) if &e.version == v => {}
+                        (_, Err(ProviderError::NotFound(_))) | (None, _) | (Some(_), Ok(_)) => {
+                            return Ok(Outcome::Skipped)
                         }
+                        (_, Err(e)) => return Err(e),
                     }
                 }
                 match p.rename(from, to, true).await {
@@ -545,7 +573,14 @@ impl Vfs {
                 mtime,
                 ..
             } => {
-                if lock(&self.inner.queue).superseded(lsn, *node) {
+                // A later commit makes this one moot, unless it was found in the log at start:
+                // then it may have reached the provider before the crash, and the records after
+                // it (a rename away, say) must find it there. Re-applying it is idempotent.
+                let skip = {
+                    let q = lock(&self.inner.queue);
+                    !q.recovered(lsn) && q.superseded(lsn, *node)
+                };
+                if skip {
                     return Ok(Outcome::Skipped);
                 }
                 self.upload(path, *node, content, *mtime).await

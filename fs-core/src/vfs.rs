@@ -585,6 +585,12 @@ fn replay(ns: &mut Namespace, rec: &Record) {
                 return;
             };
             if let Some(r) = replaced {
+                let replaced_remote = ns.get(*r).and_then(|n| n.remote.clone());
+                if let Some(n) = ns.get_mut(*node) {
+                    if n.remote.is_none() && !n.is_dir() {
+                        n.remote = replaced_remote;
+                    }
+                }
                 ns.detach(*r);
             }
             if let Some(old) = ns.child(parent, to.name()) {

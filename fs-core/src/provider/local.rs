@@ -389,6 +389,53 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
     }
 }
 
+/// A temporary name: `.syncoxide-tmp-<host>-<pid>-<random>`, so that one left behind by a
+/// killed upload can be told from one being written by a live process (of this or another
+/// machine sharing the folder).
+fn tmp_name() -> String {
+    format!(
+        "{TMP_PREFIX}{}-{}-{}",
+        this_host(),
+        std::process::id(),
+        random_hex()
+    )
+}
+
+fn this_host() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| {
+            h.trim()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect()
+        })
+        .unwrap_or_else(|_| "host".into())
+}
+
+/// Removes a temporary file that a process of this host left behind when it died in the
+/// middle of an upload (its pid no longer runs). Others' and live ones are left alone.
+fn remove_if_abandoned(path: &Path, name: &str) {
+    let mut parts = name[TMP_PREFIX.len()..].rsplitn(3, '-');
+    let (_rand, pid, host) = (parts.next(), parts.next(), parts.next());
+    let (Some(pid), Some(host)) = (pid.and_then(|p| p.parse::<u32>().ok()), host) else {
+        return;
+    };
+    if host != this_host() || pid == std::process::id() {
+        return;
+    }
+    if Path::new(&format!("/proc/{pid}")).exists() {
+        return;
+    }
+    match fs::remove_file(path) {
+        Ok(()) => {
+            tracing::info!(file = %path.display(), "removed a temporary file left by an interrupted upload")
+        }
+        Err(e) => {
+            tracing::debug!(file = %path.display(), error = %e, "could not remove an abandoned temporary file")
+        }
+    }
+}
+
 /// A small xorshift64* generator for temporary names (no `rand` dependency).
 fn random_hex() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
@@ -559,6 +606,7 @@ impl Provider for LocalProvider {
                     continue;
                 };
                 if name.starts_with(TMP_PREFIX) {
+                    remove_if_abandoned(&abs.join(name), name);
                     continue;
                 }
                 let child = abs.join(name);
@@ -650,7 +698,7 @@ impl Provider for LocalProvider {
             .run("write", move |root| {
                 let dir = root.abs(&par);
                 for _ in 0..16 {
-                    let tmp = dir.join(format!("{TMP_PREFIX}{}", random_hex()));
+                    let tmp = dir.join(tmp_name());
                     match OpenOptions::new()
                         .write(true)
                         .create_new(true)
