@@ -125,24 +125,35 @@ impl Content {
         let mut len = limit;
         let mut alias = BTreeMap::new();
         for i in 0..limit.div_ceil(cs) {
+            // `uploaded` is an earlier state of this content (later states only add local
+            // chunks and truncate), so a chunk not written since has the same bytes in both.
+            let here = self.base.as_ref().map_or(0, |b| b.len);
             match (self.src(i, cs), uploaded.src(i, cs)) {
                 (ChunkSrc::Local(g), ChunkSrc::Local(h)) if g == h => {
                     alias.insert(i, g);
                 }
+                // Written since the snapshot: stays local.
                 (ChunkSrc::Local(_), _) => {}
+                // Not written since: the new version has these bytes. A cached copy of them
+                // (an alias, or the snapshot's local chunk) stays usable.
+                (ChunkSrc::Base { alias: a }, ChunkSrc::Local(h)) => {
+                    alias.insert(i, a.unwrap_or(h));
+                    if here < (i + 1) * cs {
+                        len = len.min(here);
+                    }
+                }
                 (ChunkSrc::Base { alias: a }, ChunkSrc::Base { .. }) => {
                     if let Some(g) = a {
                         alias.insert(i, g);
                     }
-                    // Same base bytes, up to where this content still has them.
-                    let here = self.base.as_ref().map_or(0, |b| b.len);
-                    let there = uploaded.base.as_ref().map_or(0, |b| b.len);
-                    if here < there && here < (i + 1) * cs {
+                    // Same bytes up to where this content still has them.
+                    if here < (i + 1) * cs {
                         len = len.min(here);
                     }
                 }
                 (ChunkSrc::Hole, ChunkSrc::Hole) => {}
-                (ChunkSrc::Base { .. } | ChunkSrc::Hole, _) => {
+                // Truncated since: those bytes must stay zeros.
+                (ChunkSrc::Hole, _) | (ChunkSrc::Base { .. }, ChunkSrc::Hole) => {
                     len = len.min(i * cs);
                     break;
                 }

@@ -45,6 +45,16 @@ impl Vfs {
     /// Makes sure `dir`'s children are known and fresh enough, listing it from the provider if
     /// not. Offline, a known listing is used as it is; an unknown one is an error.
     pub(crate) async fn ensure_listed(&self, dir: NodeId) -> FsResult<()> {
+        self.ensure_listed_for(dir, false).await
+    }
+
+    /// [`Vfs::ensure_listed`] before a change in `dir`: a listing known only from the last
+    /// checkpoint is refreshed first (a create must not miss a file that appeared meanwhile).
+    pub(crate) async fn ensure_listed_to_change(&self, dir: NodeId) -> FsResult<()> {
+        self.ensure_listed_for(dir, true).await
+    }
+
+    async fn ensure_listed_for(&self, dir: NodeId, to_change: bool) -> FsResult<()> {
         let ttl = self.inner.cfg.dir_cache_time;
         {
             let ns = lock(&self.inner.ns);
@@ -58,7 +68,7 @@ impl Vfs {
                 return Ok(());
             }
             // Known from the last checkpoint: answer from it at once and refresh behind.
-            if n.children.is_some() && n.listed_at.is_none() {
+            if n.children.is_some() && n.listed_at.is_none() && !to_change {
                 drop(ns);
                 self.refresh_in_background(dir);
                 return Ok(());
@@ -336,7 +346,7 @@ impl Vfs {
     ) -> FsResult<(Attr, Opened)> {
         self.writable()?;
         check_name(name, self.inner.provider.capabilities().max_name_len)?;
-        self.ensure_listed(parent).await?;
+        self.ensure_listed_to_change(parent).await?;
         let existing = lock(&self.inner.ns).child(parent, name);
         if let Some(id) = existing {
             if flags.exclusive {
@@ -420,7 +430,7 @@ impl Vfs {
     pub async fn mkdir(&self, parent: NodeId, name: &str, mode: u32) -> FsResult<Attr> {
         self.writable()?;
         check_name(name, self.inner.provider.capabilities().max_name_len)?;
-        self.ensure_listed(parent).await?;
+        self.ensure_listed_to_change(parent).await?;
         let attr = {
             let mut ns = lock(&self.inner.ns);
             if ns.child(parent, name).is_some() {
@@ -457,7 +467,7 @@ impl Vfs {
         if !self.inner.provider.capabilities().symlinks {
             return Err(FsError::NotSupported);
         }
-        self.ensure_listed(parent).await?;
+        self.ensure_listed_to_change(parent).await?;
         let attr = {
             let mut ns = lock(&self.inner.ns);
             if ns.child(parent, name).is_some() {
@@ -505,7 +515,7 @@ impl Vfs {
 
     async fn remove(&self, parent: NodeId, name: &str, dir: bool) -> FsResult<()> {
         self.writable()?;
-        self.ensure_listed(parent).await?;
+        self.ensure_listed_to_change(parent).await?;
         let id = lock(&self.inner.ns)
             .child(parent, name)
             .ok_or(FsError::NotFound)?;
@@ -562,8 +572,8 @@ impl Vfs {
             return Err(FsError::NotSupported);
         }
         check_name(new_name, self.inner.provider.capabilities().max_name_len)?;
-        self.ensure_listed(parent).await?;
-        self.ensure_listed(new_parent).await?;
+        self.ensure_listed_to_change(parent).await?;
+        self.ensure_listed_to_change(new_parent).await?;
         let (id, target) = {
             let ns = lock(&self.inner.ns);
             (

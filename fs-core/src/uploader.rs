@@ -82,6 +82,18 @@ impl Queue {
         }
     }
 
+    /// Whether a record after `lsn` puts something new at `path`.
+    fn recreated_after(&self, lsn: Lsn, path: &RemotePath) -> bool {
+        self.entries.range(lsn + 1..).any(|(_, e)| match &e.rec {
+            Record::Create { path: p, .. }
+            | Record::Mkdir { path: p, .. }
+            | Record::Symlink { path: p, .. }
+            | Record::Commit { path: p, .. } => p == path,
+            Record::Rename { to, .. } => to == path,
+            _ => false,
+        })
+    }
+
     fn recovered(&self, lsn: Lsn) -> bool {
         self.entries.get(&lsn).is_some_and(|e| e.recovered)
     }
@@ -530,9 +542,16 @@ impl Vfs {
                 let dir = self.is_dir(*node);
                 // Re-applied after a crash: move only the object this record knew, never one
                 // created at `from` by a later record that was applied too.
-                if lock(&self.inner.queue).recovered(lsn) && !dir {
+                let (recovered, recreated) = {
+                    let q = lock(&self.inner.queue);
+                    (q.recovered(lsn), q.recreated_after(lsn, from))
+                };
+                if recovered && !dir {
                     match (&known, p.stat(from).await) {
                         (Some(v), Ok(e)) if &e.version == v => {}
+                        // Not known (a file learned from a listing after the last checkpoint):
+                        // what is at `from` is this file unless a later record made another.
+                        (None, Ok(_)) if !recreated => {}
                         (_, Err(ProviderError::NotFound(_))) | (None, _) | (Some(_), Ok(_)) => {
                             return Ok(Outcome::Skipped)
                         }

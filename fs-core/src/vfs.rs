@@ -222,6 +222,11 @@ impl Vfs {
                 _ => {}
             }
         }
+        // Counted afresh from the queue below (a checkpoint may have saved earlier counts).
+        for n in ns.nodes.values_mut() {
+            n.pending = 0;
+        }
+        ns.tombstones.clear();
         let mut queue = Queue::default();
         let now = Instant::now();
         for (lsn, rec) in &records {
@@ -293,13 +298,19 @@ impl Vfs {
     fn restore_committed_chunks(&self, records: &[(Lsn, Record)]) -> FsResult<()> {
         let inner = &self.inner;
         let mut keep = HashSet::new();
+        let mut clean = Vec::new();
         {
             let ns = lock(&inner.ns);
             for n in ns.nodes.values() {
                 if n.kind == FileKind::File {
                     let oid = n.object_id();
-                    for (i, g) in n.content.local_chunks() {
+                    for (&i, &g) in &n.content.local {
                         keep.insert(inner.cache.name_of(&local_key(&oid, g, i)));
+                    }
+                    // Uploaded: a cached copy of the remote version, no longer dirty (a crash
+                    // may have come between the Applied marker and the release).
+                    for (&i, &g) in &n.content.alias {
+                        clean.push(local_key(&oid, g, i));
                     }
                 }
             }
@@ -336,6 +347,11 @@ impl Vfs {
             }
         }
         drop(queue);
+        for key in clean {
+            if !keep.contains(&inner.cache.name_of(&key)) {
+                let _ = inner.cache.mark_clean(&key);
+            }
+        }
         let dropped = inner.cache.retain_dirty(|n| keep.contains(n))?;
         if dropped > 0 {
             tracing::info!(dropped, "dropped dirty chunks of writes never committed");
@@ -528,9 +544,44 @@ impl Vfs {
 }
 
 /// Replays a journal record into the namespace (recovery). Mirrors what the live operation did.
+/// The directory at `path`, made known if the namespace does not know it: a record was
+/// journaled against it, so it existed (learned from a listing after the last checkpoint, or
+/// made by a record replayed before). It is listed again on first use.
+fn known_dir(ns: &mut Namespace, path: &RemotePath) -> Option<NodeId> {
+    let mut cur = NodeId::ROOT;
+    let mut at = RemotePath::root();
+    if path.is_root() {
+        return Some(cur);
+    }
+    for name in path.as_str().split('/') {
+        at = at.join(name)?;
+        cur = match ns.child(cur, name) {
+            Some(id) => id,
+            None => {
+                if ns.get(cur).is_some_and(|d| d.children.is_none()) {
+                    if let Some(d) = ns.get_mut(cur) {
+                        d.children = Some(BTreeMap::new());
+                    }
+                }
+                let id = ns.alloc_id();
+                let mut d = new_node(id, cur, name, FileKind::Dir, 0o755, SystemTime::now());
+                d.children = None;
+                d.remote = Some(RemoteState {
+                    version: cache::Version::from(""),
+                    size: 0,
+                });
+                ns.insert(d);
+                id
+            }
+        };
+    }
+    Some(cur)
+}
+
 fn replay(ns: &mut Namespace, rec: &Record) {
     let now = SystemTime::now();
-    let parent_of = |ns: &Namespace, path: &RemotePath| path.parent().and_then(|p| ns.resolve(&p));
+    let parent_of =
+        |ns: &mut Namespace, path: &RemotePath| path.parent().and_then(|p| known_dir(ns, &p));
     match rec {
         Record::Mkdir {
             path,
@@ -614,11 +665,29 @@ fn replay(ns: &mut Namespace, rec: &Record) {
             }
         }
         Record::Commit {
+            path,
             node,
             content,
             mtime,
             ..
         } => {
+            if ns.get(*node).is_none() {
+                // A file learned from a listing after the last checkpoint: it is at `path`, based
+                // on the remote version its content names.
+                let Some(parent) = parent_of(ns, path) else {
+                    tracing::warn!(%path, "replay: parent missing");
+                    return;
+                };
+                if let Some(old) = ns.child(parent, path.name()) {
+                    ns.detach(old);
+                }
+                let mut n = new_node(*node, parent, path.name(), FileKind::File, 0o644, *mtime);
+                n.remote = content.base.as_ref().map(|b| RemoteState {
+                    version: b.version.clone(),
+                    size: b.size,
+                });
+                ns.insert(n);
+            }
             if let Some(n) = ns.get_mut(*node) {
                 n.content = content.clone();
                 n.content.gen = content.gen + 1;
