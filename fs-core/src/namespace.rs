@@ -73,6 +73,9 @@ pub struct Namespace {
     /// Paths whose removal (unlink, rmdir, rename away) is queued but not applied yet: a listing
     /// that still shows them must not bring them back.
     pub tombstones: HashMap<RemotePath, u32>,
+    /// Directories whose child map holds only entries made known by replaying the log (their
+    /// listing was never known): they must be listed before they are answered from.
+    pub partial: HashSet<NodeId>,
 }
 
 impl Namespace {
@@ -106,6 +109,7 @@ impl Namespace {
             nodes,
             next_id: 2,
             tombstones: HashMap::new(),
+            partial: HashSet::new(),
         }
     }
 
@@ -170,9 +174,15 @@ impl Namespace {
         self.next_id = self.next_id.max(id.0 + 1);
         self.nodes.insert(id, node);
         if let Some(p) = self.nodes.get_mut(&parent) {
-            p.children
-                .get_or_insert_with(BTreeMap::new)
-                .insert(name, id);
+            if p.children.is_none() {
+                // A listing never known: what it holds now is not all there is.
+                self.partial.insert(parent);
+            }
+            if let Some(p) = self.nodes.get_mut(&parent) {
+                p.children
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(name, id);
+            }
         }
     }
 
@@ -232,15 +242,17 @@ impl Namespace {
         }
     }
 
-    /// Drops an orphan once nothing holds it (no open handle, nothing queued).
-    pub fn release_orphan(&mut self, id: NodeId) {
+    /// Drops an orphan once nothing holds it (no open handle, nothing queued); returns it, so
+    /// that its cached data can be released too.
+    pub fn release_orphan(&mut self, id: NodeId) -> Option<Node> {
         if self
             .nodes
             .get(&id)
             .is_some_and(|n| n.orphan && n.open == 0 && n.pending == 0)
         {
-            self.nodes.remove(&id);
+            return self.nodes.remove(&id);
         }
+        None
     }
 
     /// Whether `ancestor` is `id` or one of its ancestors.
@@ -320,16 +332,17 @@ impl Namespace {
     /// win: nodes with pending records or local modifications are kept as they are, and names
     /// whose removal is queued are not brought back. Returns the nodes whose content changed
     /// remotely (the kernel's caches of them must be invalidated) and those that vanished.
+    /// `remote_dir` is where the provider has `dir` now (its local path differs while a rename
+    /// of it or of an ancestor is queued); queued removals are checked against it.
     pub fn merge_listing(
         &mut self,
         dir: NodeId,
+        remote_dir: &RemotePath,
         entries: Vec<RemoteEntry>,
         now: Instant,
     ) -> MergeOutcome {
         let mut out = MergeOutcome::default();
-        let Some(dir_path) = self.path_of(dir) else {
-            return out;
-        };
+        let dir_path = remote_dir.clone();
         let mut seen = HashSet::new();
         for e in entries {
             seen.insert(e.name.clone());
@@ -421,6 +434,7 @@ impl Namespace {
             d.children.get_or_insert_with(BTreeMap::new);
             d.listed_at = Some(now);
         }
+        self.partial.remove(&dir);
         out
     }
 

@@ -62,13 +62,19 @@ impl Vfs {
             if n.kind != FileKind::Dir {
                 return Err(FsError::NotADirectory);
             }
-            let fresh = n.listed_at.is_some_and(|t| t.elapsed() < ttl);
+            let fresh =
+                n.listed_at.is_some_and(|t| t.elapsed() < ttl) && !ns.partial.contains(&dir);
             // A directory made here and not uploaded yet has nothing on the provider to list.
-            if n.children.is_some() && (fresh || n.remote.is_none()) {
+            if n.children.is_some() && (fresh || (n.remote.is_none() && !ns.partial.contains(&dir)))
+            {
                 return Ok(());
             }
             // Known from the last checkpoint: answer from it at once and refresh behind.
-            if n.children.is_some() && n.listed_at.is_none() && !to_change {
+            if n.children.is_some()
+                && n.listed_at.is_none()
+                && !to_change
+                && !ns.partial.contains(&dir)
+            {
                 drop(ns);
                 self.refresh_in_background(dir);
                 return Ok(());
@@ -106,6 +112,9 @@ impl Vfs {
                 .inner
                 .applied_epoch
                 .load(std::sync::atomic::Ordering::SeqCst);
+            let Some(remote_dir) = self.remote_location(dir) else {
+                return Err(FsError::NotFound);
+            };
             let entries = match self.list_remote(dir).await? {
                 Some(e) => e,
                 None => return Ok(()),
@@ -122,7 +131,7 @@ impl Vfs {
                 if raced && !(first && attempt == LIST_ATTEMPTS) {
                     continue;
                 }
-                ns.merge_listing(dir, entries, Instant::now())
+                ns.merge_listing(dir, &remote_dir, entries, Instant::now())
             };
             for id in outcome.changed {
                 self.invalidate_inode(id);
@@ -420,9 +429,10 @@ impl Vfs {
         if let Some(n) = ns.get_mut(h.node) {
             n.open = n.open.saturating_sub(1);
         }
-        ns.release_orphan(h.node);
-        if ns.get(h.node).is_none() {
-            lock(&self.inner.bufs).remove(&h.node);
+        let gone = ns.release_orphan(h.node);
+        drop(ns);
+        if let Some(n) = gone {
+            self.forget_node_data(&n);
         }
         r
     }

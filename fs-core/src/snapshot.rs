@@ -717,6 +717,7 @@ fn decode(body: &[u8]) -> Result<(Namespace, Checkpoint), Reason> {
             nodes,
             next_id,
             tombstones,
+            partial: Default::default(),
         },
         cp,
     ))

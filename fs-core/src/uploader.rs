@@ -352,7 +352,7 @@ impl Vfs {
         remote: Option<(cache::Version, u64)>,
     ) -> Result<(), FsError> {
         let inner = &self.inner;
-        let released = {
+        let (released, gone) = {
             let mut ns = lock(&inner.ns);
             inner
                 .wal
@@ -370,7 +370,7 @@ impl Vfs {
             if let Some(n) = ns.get_mut(id) {
                 n.pending = n.pending.saturating_sub(1);
             }
-            ns.release_orphan(id);
+            let gone = ns.release_orphan(id);
             match rec {
                 Record::Remove { path, .. } => ns.remove_tombstone(path),
                 Record::Rename { from, .. } => ns.remove_tombstone(from),
@@ -378,13 +378,17 @@ impl Vfs {
             }
             lock(&inner.queue).offline_since = None;
             // Dirty chunks of an uploaded commit that nothing references any more.
-            match rec {
+            let released = match rec {
                 Record::Commit { content, node, .. } => {
                     self.unreferenced_chunks(&ns, lsn, *node, content)
                 }
                 _ => Vec::new(),
-            }
+            };
+            (released, gone)
         };
+        if let Some(n) = gone {
+            self.forget_node_data(&n);
+        }
         if released.is_empty() {
             self.log_to_os()?;
         } else {

@@ -538,6 +538,21 @@ impl Vfs {
         }
     }
 
+    /// A node left the namespace for good: its write buffer and its dirty chunks go too (its
+    /// data is no longer anyone's; clean copies are left to eviction).
+    pub(crate) fn forget_node_data(&self, n: &Node) {
+        lock(&self.inner.bufs).remove(&n.id);
+        lock(&self.inner.unsynced).remove(&n.id);
+        let oid = n.object_id();
+        for (&i, &g) in &n.content.local {
+            let key = local_key(&oid, g, i);
+            lock(&self.inner.pending_puts).remove(&key);
+            if let Err(e) = self.inner.cache.remove(&key) {
+                tracing::warn!(error = %e, "could not drop the data of a removed file");
+            }
+        }
+    }
+
     pub(crate) fn set_error(&self, e: impl std::fmt::Display) {
         *lock(&self.inner.last_error) = Some(e.to_string());
     }
@@ -558,11 +573,6 @@ fn known_dir(ns: &mut Namespace, path: &RemotePath) -> Option<NodeId> {
         cur = match ns.child(cur, name) {
             Some(id) => id,
             None => {
-                if ns.get(cur).is_some_and(|d| d.children.is_none()) {
-                    if let Some(d) = ns.get_mut(cur) {
-                        d.children = Some(BTreeMap::new());
-                    }
-                }
                 let id = ns.alloc_id();
                 let mut d = new_node(id, cur, name, FileKind::Dir, 0o755, SystemTime::now());
                 d.children = None;
