@@ -170,6 +170,13 @@ impl Vfs {
         };
         match tokio::time::timeout(deadline, listing).await {
             Ok(Ok(e)) => Ok(Some(e)),
+            // Where a queued rename says it still is, it may have moved already (the rename is
+            // on its way): unknown, not empty.
+            Ok(Err(e @ ProviderError::NotFound(_)))
+                if lock(&self.inner.ns).path_of(dir).as_ref() != Some(&path) =>
+            {
+                self.stale_listing(dir, FsError::from(e)).map(|()| None)
+            }
             // Gone on the provider: an empty listing lets the merge drop what was there.
             Ok(Err(ProviderError::NotFound(_))) => Ok(Some(Vec::new())),
             Ok(Err(e)) => self.stale_listing(dir, FsError::from(e)).map(|()| None),
