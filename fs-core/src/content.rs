@@ -138,7 +138,8 @@ impl Content {
                 // (an alias, or the snapshot's local chunk) stays usable.
                 (ChunkSrc::Base { alias: a }, ChunkSrc::Local(h)) => {
                     alias.insert(i, a.unwrap_or(h));
-                    if here < (i + 1) * cs {
+                    // Truncated inside this chunk since the snapshot: the rest reads as zeros.
+                    if here < uploaded.size.min((i + 1) * cs) {
                         len = len.min(here);
                     }
                 }
@@ -146,8 +147,8 @@ impl Content {
                     if let Some(g) = a {
                         alias.insert(i, g);
                     }
-                    // Same bytes up to where this content still has them.
-                    if here < (i + 1) * cs {
+                    let there = uploaded.base.as_ref().map_or(0, |b| b.len);
+                    if here < there.min((i + 1) * cs) {
                         len = len.min(here);
                     }
                 }
@@ -254,6 +255,16 @@ mod tests {
             ChunkSrc::Base { alias: Some(1) },
             "uploaded: no longer dirty"
         );
+    }
+
+    #[test]
+    fn an_uploaded_extending_truncate_leaves_the_file_clean() {
+        let mut c = Content::remote(Version::from("v1"), 150);
+        c.truncate(250, CS);
+        let snap = c.clone();
+        c.rebase(&snap, Version::from("v2"), CS);
+        assert!(!c.is_modified(), "{c:?}");
+        assert_eq!(c.src(2, CS), ChunkSrc::Base { alias: None });
     }
 
     #[test]

@@ -601,11 +601,12 @@ struct Setup {
 /// Ways around known core bugs (each has a failing `regression_*` test).
 #[derive(Clone, Copy, Debug, Default)]
 struct Tolerate {
-    /// After a restart or a remote change, walk until the drive equals the model (the
-    /// background refreshes of directories known from the checkpoint, from the log or made here
-    /// are done) before comparing: `regression_listing_after_a_restart_is_stale`,
-    /// `regression_first_listing_of_an_uploaded_new_directory_is_stale`.
-    stale_first_listing: bool,
+    /// After a restart, walk until the drive equals the model before comparing. Not a bug: a
+    /// remount answers from its last checkpoint at once and refreshes behind (SEMANTICS.md), so
+    /// a remote change made after the checkpoint shows only once the refresh is done. (It once
+    /// also hid `regression_listing_after_a_restart_is_stale` and, after remote changes,
+    /// `regression_first_listing_of_an_uploaded_new_directory_is_stale`.)
+    stale_listing_after_a_restart: bool,
     /// After a remote change, walk the drive (so it learns the change) and save a checkpoint:
     /// `regression_crash_loses_a_file_created_in_a_directory_learned_from_a_listing`,
     /// `regression_crash_loses_a_write_to_a_file_learned_from_a_listing`.
@@ -629,22 +630,27 @@ struct Tolerate {
     /// After renaming a directory, walk until the drive equals the model before comparing:
     /// `regression_listing_a_directory_during_its_rename_drops_its_children`.
     listing_during_a_rename: bool,
+    /// No remote change to a file grown by a truncate:
+    /// `regression_extending_truncate_hides_remote_changes_forever`.
+    remote_change_after_an_extending_truncate: bool,
     /// Flush before a rename that replaces a file or symlink:
     /// `regression_rename_over_a_file_before_upload_then_write_makes_a_conflict_copy`.
     rename_over_before_upload: bool,
 }
 
 impl Tolerate {
+    /// The known bugs still open.
     const ALL: Tolerate = Tolerate {
-        stale_first_listing: true,
-        nodes_learned_from_listings_lost_in_a_crash: true,
-        queued_records_counted_twice_after_restart: true,
-        rename_over_before_upload: true,
-        dirty_chunks_after_a_crash: true,
-        removal_after_a_queued_rename: true,
-        directory_rename_after_a_queued_removal: true,
-        commit_during_an_upload: true,
-        listing_during_a_rename: true,
+        stale_listing_after_a_restart: true,
+        nodes_learned_from_listings_lost_in_a_crash: false,
+        queued_records_counted_twice_after_restart: false,
+        rename_over_before_upload: false,
+        dirty_chunks_after_a_crash: false,
+        removal_after_a_queued_rename: false,
+        directory_rename_after_a_queued_removal: false,
+        commit_during_an_upload: false,
+        listing_during_a_rename: false,
+        remote_change_after_an_extending_truncate: false,
     };
 }
 
@@ -676,6 +682,8 @@ struct Harness {
     renamed: bool,
     removed: bool,
     written: std::collections::BTreeSet<String>,
+    /// Files grown by a truncate (never cleared but by a rewrite or removal).
+    grown: std::collections::BTreeSet<String>,
     rt: Option<tokio::runtime::Runtime>,
     vfs: Option<Vfs>,
     model: Model,
@@ -737,6 +745,7 @@ impl Harness {
             renamed: false,
             removed: false,
             written: Default::default(),
+            grown: Default::default(),
             rt: None,
             vfs: None,
             model: Model::default(),
@@ -880,6 +889,12 @@ impl Harness {
     fn remote(&mut self, change: &Change) -> Result<(), String> {
         self.flush_and_compare()?;
         let m = &mut self.model;
+        let (Change::Put { path, .. } | Change::Remove { path } | Change::Mkdir { path }) = change;
+        if self.tolerate.remote_change_after_an_extending_truncate
+            && self.grown.iter().any(|g| g == path || is_under(g, path))
+        {
+            return Ok(());
+        }
         match change {
             Change::Put { path, data } => {
                 if m.parent_err(path).is_none()
@@ -904,7 +919,7 @@ impl Harness {
             }
         }
         if self.tolerate.nodes_learned_from_listings_lost_in_a_crash {
-            if self.tolerate.stale_first_listing {
+            if self.tolerate.stale_listing_after_a_restart {
                 self.settle();
             }
             self.compare()?;
@@ -945,6 +960,13 @@ impl Harness {
         }
         let keys = |m: &Model| m.tree.keys().cloned().collect::<Vec<_>>();
         let before = keys(&self.model);
+        let grows = match step {
+            Truncate { path, size } => matches!(
+                self.model.get(path),
+                Some(ModelEntry::File(b)) if (b.len() as u64) < *size
+            ),
+            _ => false,
+        };
         let r = self.step_now(step);
         let after = keys(&self.model);
         match step {
@@ -965,13 +987,23 @@ impl Harness {
             }
             Rename { from, to, .. } => {
                 // Whatever was written below `from` is now below `to`.
-                let moved: Vec<String> = self
-                    .written
-                    .iter()
-                    .filter(|p| *p == from || is_under(p, from))
-                    .map(|p| format!("{to}{}", &p[from.len()..]))
-                    .collect();
-                self.written.extend(moved);
+                for set in [&mut self.written, &mut self.grown] {
+                    let moved: Vec<String> = set
+                        .iter()
+                        .filter(|p| *p == from || is_under(p, from))
+                        .map(|p| format!("{to}{}", &p[from.len()..]))
+                        .collect();
+                    set.extend(moved);
+                }
+            }
+            _ => {}
+        }
+        match step {
+            Truncate { path, .. } if grows && r.is_ok() => {
+                self.grown.insert(path.to_string());
+            }
+            WriteFile { path, .. } => {
+                self.grown.remove(*path);
             }
             _ => {}
         }
@@ -1240,7 +1272,7 @@ fn run(setup: &Setup, steps: &[Step]) -> Result<(), String> {
     let mut h = Harness::new(setup)?;
     for (i, s) in steps.iter().enumerate() {
         let r = h.step(s).and_then(|()| {
-            if setup.tolerate.stale_first_listing && matches!(s, Crash | CleanRestart | Remote(_)) {
+            if setup.tolerate.stale_listing_after_a_restart && matches!(s, Crash | CleanRestart) {
                 h.settle();
             }
             if setup.tolerate.listing_during_a_rename && matches!(s, Rename { .. }) {
@@ -1381,7 +1413,7 @@ proptest! {
     #![proptest_config(config(40))]
 
     #[test]
-    #[ignore = "still finds core bugs now and then (random cases; run with --ignored); its finds so far are the regression_* tests"]
+    #[ignore = "known: right after a crash, while recovered uploads keep changing the provider, readdir can answer from the known listing and a later lookup from a fresh one (an entry removed remotely shows, then is not found); run with --ignored"]
     fn the_drive_behaves_like_the_model(setup in plain_setup(), steps in steps(40)) {
         run(&setup, &steps).map_err(TestCaseError::fail)?;
     }
@@ -1786,4 +1818,18 @@ fn regression_listing_a_directory_during_its_rename_drops_its_children() {
         ..Setup::default()
     };
     run(&setup, &steps).unwrap();
+}
+
+#[test]
+fn regression_extending_truncate_hides_remote_changes_forever() {
+    // `Content::rebase` clamps the new base to the old base's length (1) although the upload
+    // (2 bytes, the extension's zero included) is the new version: `base.len != base.size`, so
+    // `is_modified()` stays true and `merge_listing` skips the file from then on.
+    let steps = [
+        wf("f", 1, 1),
+        Flush,
+        Truncate { path: "f", size: 2 },
+        put("f", 5, 2),
+    ];
+    run(&slow(), &steps).unwrap();
 }
