@@ -607,10 +607,12 @@ struct Tolerate {
     /// also hid `regression_listing_after_a_restart_is_stale` and, after remote changes,
     /// `regression_first_listing_of_an_uploaded_new_directory_is_stale`.)
     stale_listing_after_a_restart: bool,
-    /// After a remote change, walk the drive (so it learns the change) and save a checkpoint:
-    /// `regression_crash_loses_a_file_created_in_a_directory_learned_from_a_listing`,
-    /// `regression_crash_loses_a_write_to_a_file_learned_from_a_listing`.
-    nodes_learned_from_listings_lost_in_a_crash: bool,
+    /// After a remote change, walk the drive (so it learns the change) and save a checkpoint,
+    /// so that a crash does not depend on replaying what only a listing told:
+    /// `regression_crash_after_writing_a_remotely_changed_file_makes_a_false_conflict` (and
+    /// once `regression_crash_loses_a_file_created_in_a_directory_learned_from_a_listing`,
+    /// `regression_crash_loses_a_write_to_a_file_learned_from_a_listing`).
+    crash_after_a_remote_change: bool,
     /// Flush before a clean restart, so the checkpoint has nothing queued:
     /// `regression_restart_with_queued_commit_hides_remote_changes_forever`,
     /// `regression_restart_with_queued_remove_hides_the_name_forever`.
@@ -625,7 +627,9 @@ struct Tolerate {
     /// `regression_unlinked_file_comes_back_after_renaming_its_directory`.
     directory_rename_after_a_queued_removal: bool,
     /// Flush before writing to a file written since the last flush (its upload may be in
-    /// flight): `regression_append_during_an_upload_zeroes_the_file`.
+    /// flight, or a crash may find both commits queued):
+    /// `regression_commit_during_an_upload_leaves_a_chunk_dirty_and_hides_remote_changes`
+    /// (and once `regression_append_during_an_upload_zeroes_the_file`).
     commit_during_an_upload: bool,
     /// After renaming a directory, walk until the drive equals the model before comparing:
     /// `regression_listing_a_directory_during_its_rename_drops_its_children`.
@@ -642,13 +646,13 @@ impl Tolerate {
     /// The known bugs still open.
     const ALL: Tolerate = Tolerate {
         stale_listing_after_a_restart: true,
-        nodes_learned_from_listings_lost_in_a_crash: false,
+        crash_after_a_remote_change: true,
         queued_records_counted_twice_after_restart: false,
         rename_over_before_upload: false,
         dirty_chunks_after_a_crash: false,
         removal_after_a_queued_rename: false,
         directory_rename_after_a_queued_removal: false,
-        commit_during_an_upload: false,
+        commit_during_an_upload: true,
         listing_during_a_rename: false,
         remote_change_after_an_extending_truncate: false,
     };
@@ -918,7 +922,7 @@ impl Harness {
                 }
             }
         }
-        if self.tolerate.nodes_learned_from_listings_lost_in_a_crash {
+        if self.tolerate.crash_after_a_remote_change {
             if self.tolerate.stale_listing_after_a_restart {
                 self.settle();
             }
@@ -1841,4 +1845,53 @@ fn regression_extending_truncate_hides_remote_changes_forever() {
         put("f", 5, 2),
     ];
     run(&slow(), &steps).unwrap();
+}
+
+#[test]
+#[ignore = "core bug: after a crash, a closed write to a file changed remotely (and seen) before it becomes a conflict copy, and the file reads as zeros"]
+fn regression_crash_after_writing_a_remotely_changed_file_makes_a_false_conflict() {
+    // The drive saw `f` change remotely (v1 -> v2) and the write (O_TRUNC + write + close)
+    // was based on v2. After the crash, replaying the commits of the existing node keeps
+    // `remote` at v1 (its last Applied), so the upload of the truncate is conditional on v1,
+    // conflicts with v2 and goes to a 0-byte conflict copy; `resolve_conflict` then replaces
+    // the node's content with v2's although a later commit of it is still queued: the drive
+    // shows 5 zero bytes (the provider ends with the 7 bytes and the extra conflict copy).
+    let steps = [
+        wf("f", 3, 1),
+        put("f", 5, 2),
+        wf("f", 7, 3),
+        Crash,
+        Sleep(300_000),
+    ];
+    run(&slow(), &steps).unwrap();
+}
+
+#[test]
+#[ignore = "core bug: a commit made while the previous one uploads keeps a chunk dirty forever and the file 'modified' (remote changes never seen)"]
+fn regression_commit_during_an_upload_leaves_a_chunk_dirty_and_hides_remote_changes() {
+    // The first upload (1 byte) is rebased first: chunk 0 becomes `Base { alias: Some(1) }`
+    // with a base of length 1. The second commit (chunk 0 `Local(1)`, chunk 1 `Local(2)`,
+    // 65537 bytes) is then rebased: the (Base, Local) arm of `Content::rebase` clamps the new
+    // base to the old base's length (1), the alias of chunk 1 is dropped and chunk 1 stays
+    // local: dirty in the cache for good, and `is_modified()` true, so `merge_listing` never
+    // takes a remote change again. The same happens after a restart with both commits queued
+    // (recovered commits are uploaded even when superseded).
+    let steps = [
+        wf("f", 1, 1),
+        Overwrite {
+            path: "f",
+            offset: 65_536,
+            data: d(1, 2),
+        },
+        Flush,
+        put("f", 3, 3),
+        Check,
+    ];
+    let setup = Setup {
+        write_back_delay: Duration::ZERO,
+        slow_writes: Duration::from_millis(300),
+        walk_each_step: false,
+        ..Setup::default()
+    };
+    run(&setup, &steps).unwrap();
 }
