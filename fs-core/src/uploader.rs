@@ -10,7 +10,7 @@
 //! local one is written beside it as `NAME.conflict-<host>-<YYYYMMDD-HHMMSS>[-N].EXT`: nothing
 //! is silently overwritten.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -56,10 +56,39 @@ pub(crate) struct Queue {
     pub offline_since: Option<SystemTime>,
     /// Make every entry ready now (flush, unmount).
     pub flush: bool,
+    /// Queued records naming each path, and naming a descendant of each path (root `""`
+    /// included): whether an earlier record overlaps is O(path depth), not a scan.
+    by_path: HashMap<String, BTreeSet<Lsn>>,
+    by_ancestor: HashMap<String, BTreeSet<Lsn>>,
+    /// Entries not in flight and not ready yet, by the moment they become ready (write-back
+    /// delay, retry backoff).
+    waiting: BTreeSet<(Instant, Lsn)>,
+    /// Entries not in flight whose moment has come; they start unless an earlier record
+    /// overlaps or all transfer slots are taken.
+    ready: BTreeSet<Lsn>,
+    in_flight: usize,
+}
+
+/// The proper ancestors of a remote path, the root (`""`) included: `a/b/c` → `a`, `a/b`, `""`.
+fn ancestors(p: &str) -> impl Iterator<Item = &str> {
+    p.match_indices('/')
+        .map(move |(i, _)| &p[..i])
+        .chain((!p.is_empty()).then_some(""))
 }
 
 impl Queue {
     pub fn push(&mut self, lsn: Lsn, rec: Record, ready: Instant) {
+        for p in rec.paths() {
+            let p = p.as_str();
+            self.by_path.entry(p.to_string()).or_default().insert(lsn);
+            for a in ancestors(p) {
+                self.by_ancestor
+                    .entry(a.to_string())
+                    .or_default()
+                    .insert(lsn);
+            }
+        }
+        self.waiting.insert((ready, lsn));
         self.entries.insert(
             lsn,
             Entry {
@@ -103,7 +132,7 @@ impl Queue {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.entries.values().filter(|e| e.in_flight).count()
+        self.in_flight
     }
 
     pub fn lsns(&self) -> Vec<Lsn> {
@@ -127,59 +156,99 @@ impl Queue {
         })
     }
 
-    /// Picks records that may start now: ready, not failing, and touching no path that an
+    /// Whether a record earlier than `lsn` names `p`, an ancestor of `p` or a descendant of
+    /// `p` (the root overlaps everything).
+    fn overlaps_earlier(&self, lsn: Lsn, p: &str) -> bool {
+        let earlier = |m: &HashMap<String, BTreeSet<Lsn>>, k: &str| {
+            m.get(k)
+                .and_then(|s| s.first())
+                .is_some_and(|first| *first < lsn)
+        };
+        earlier(&self.by_path, p)
+            || earlier(&self.by_ancestor, p)
+            || ancestors(p).any(|a| earlier(&self.by_path, a))
+    }
+
+    /// Moves waiting entries whose moment has come (all but backing-off ones in a flush) to
+    /// `ready`.
+    fn promote(&mut self, now: Instant) {
+        while let Some(&(at, lsn)) = self.waiting.first() {
+            if at > now {
+                break;
+            }
+            self.waiting.pop_first();
+            self.ready.insert(lsn);
+        }
+        if self.flush && !self.waiting.is_empty() {
+            let entries = &self.entries;
+            let (retrying, rest): (BTreeSet<_>, BTreeSet<_>) = std::mem::take(&mut self.waiting)
+                .into_iter()
+                .partition(|(_, l)| entries.get(l).is_some_and(|e| e.retry_at.is_some()));
+            self.ready.extend(rest.into_iter().map(|(_, l)| l));
+            self.waiting = retrying;
+        }
+    }
+
+    /// Picks records that may start now: ready, not backing off, and touching no path that an
     /// earlier unfinished record touches (the same path, an ancestor or a descendant). Returns
-    /// them and when to look again. O(window × path depth).
+    /// them and when to look again. Looks at no more than `SCAN_WINDOW` ready entries, each in
+    /// O(path depth).
     fn runnable(&mut self, now: Instant, slots: usize) -> (Vec<(Lsn, Record)>, Option<Instant>) {
+        self.promote(now);
         let mut chosen = Vec::new();
-        let mut wake: Option<Instant> = None;
-        {
-            // Paths of earlier unfinished records, and every ancestor of those.
-            let mut blocked: HashSet<&str> = HashSet::new();
-            let mut ancestors: HashSet<&str> = HashSet::new();
-            let overlaps = |p: &str, blocked: &HashSet<&str>, ancestors: &HashSet<&str>| {
-                blocked.contains(p)
-                    || ancestors.contains(p)
-                    || blocked.contains("")
-                    || p.match_indices('/').any(|(i, _)| blocked.contains(&p[..i]))
+        for &lsn in self.ready.iter().take(SCAN_WINDOW) {
+            if chosen.len() >= slots {
+                break;
+            }
+            let Some(e) = self.entries.get(&lsn) else {
+                continue;
             };
-            for (lsn, e) in self.entries.iter().take(SCAN_WINDOW) {
-                let paths: Vec<&str> = e.rec.paths().into_iter().map(|p| p.as_str()).collect();
-                let free = !paths.iter().any(|p| overlaps(p, &blocked, &ancestors));
-                let ready_at = match e.retry_at {
-                    Some(r) => r.max(if self.flush { now } else { e.ready }),
-                    None if self.flush => now,
-                    None => e.ready,
-                };
-                if !e.in_flight && free && chosen.len() < slots && ready_at <= now {
-                    chosen.push(*lsn);
-                } else if !e.in_flight && ready_at > now {
-                    wake = Some(wake.map_or(ready_at, |w: Instant| w.min(ready_at)));
-                }
-                for p in paths {
-                    blocked.insert(p);
-                    for (i, _) in p.match_indices('/') {
-                        ancestors.insert(&p[..i]);
-                    }
-                    if !p.is_empty() {
-                        ancestors.insert("");
-                    }
-                }
+            if !e
+                .rec
+                .paths()
+                .iter()
+                .any(|p| self.overlaps_earlier(lsn, p.as_str()))
+            {
+                chosen.push(lsn);
             }
         }
-        let out = chosen
-            .into_iter()
-            .filter_map(|lsn| {
-                let e = self.entries.get_mut(&lsn)?;
+        let mut out = Vec::with_capacity(chosen.len());
+        for lsn in chosen {
+            self.ready.remove(&lsn);
+            if let Some(e) = self.entries.get_mut(&lsn) {
                 e.in_flight = true;
-                Some((lsn, e.rec.clone()))
-            })
-            .collect();
-        (out, wake)
+                self.in_flight += 1;
+                out.push((lsn, e.rec.clone()));
+            }
+        }
+        (out, self.waiting.first().map(|(at, _)| *at))
     }
 
     fn complete(&mut self, lsn: Lsn) {
-        self.entries.remove(&lsn);
+        if let Some(e) = self.entries.remove(&lsn) {
+            if e.in_flight {
+                self.in_flight -= 1;
+            } else {
+                self.ready.remove(&lsn);
+                let at = e.retry_at.unwrap_or(e.ready);
+                self.waiting.remove(&(at, lsn));
+            }
+            let unindex = |m: &mut HashMap<String, BTreeSet<Lsn>>, k: &str| {
+                if let Some(s) = m.get_mut(k) {
+                    s.remove(&lsn);
+                    if s.is_empty() {
+                        m.remove(k);
+                    }
+                }
+            };
+            for p in e.rec.paths() {
+                let p = p.as_str();
+                unindex(&mut self.by_path, p);
+                for a in ancestors(p) {
+                    unindex(&mut self.by_ancestor, a);
+                }
+            }
+        }
         self.applied.insert(lsn);
         let floor = self.entries.keys().next().copied();
         if let Some(f) = floor {
@@ -199,12 +268,20 @@ impl Queue {
         let Some(e) = self.entries.get_mut(&lsn) else {
             return Duration::ZERO;
         };
-        e.in_flight = false;
+        if e.in_flight {
+            e.in_flight = false;
+            self.in_flight -= 1;
+        } else {
+            self.ready.remove(&lsn);
+            self.waiting.remove(&(e.retry_at.unwrap_or(e.ready), lsn));
+        }
         e.attempts += 1;
         let backoff = Duration::from_millis(250 << e.attempts.min(8)).min(MAX_BACKOFF);
         // Jitter (up to a quarter) keeps many mounts from retrying in step.
         let jitter = backoff.mul_f64(f64::from(lsn as u32 % 97) / 388.0);
-        e.retry_at = Some(Instant::now() + backoff + jitter);
+        let at = Instant::now() + backoff + jitter;
+        e.retry_at = Some(at);
+        self.waiting.insert((at, lsn));
         backoff
     }
 }
@@ -958,6 +1035,117 @@ mod tests {
         let (run, wake) = q.runnable(now, 10);
         assert!(run.is_empty());
         assert_eq!(wake, Some(later));
+    }
+
+    #[test]
+    fn waiting_and_backing_off_entries_wake_the_uploader_and_flush_skips_only_the_delay() {
+        let mut q = Queue::default();
+        let now = Instant::now();
+        let later = now + Duration::from_secs(5);
+        q.push(1, mkdir("a"), later);
+        q.push(2, mkdir("b"), now);
+        let (run, wake) = q.runnable(now, 10);
+        assert_eq!(run.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(wake, Some(later));
+        assert_eq!(q.in_flight(), 1);
+        q.defer(2);
+        assert_eq!(q.in_flight(), 0);
+        q.flush = true;
+        let (run, wake) = q.runnable(now, 10);
+        assert_eq!(
+            run.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+            vec![1],
+            "a flush starts delayed records at once, not failing ones"
+        );
+        assert!(wake.is_some_and(|w| w > now), "the retry is still ahead");
+        q.complete(1);
+        q.complete(2);
+        assert_eq!((q.len(), q.in_flight(), q.applied_below), (0, 0, 3));
+        assert!(q.by_path.is_empty() && q.by_ancestor.is_empty());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+        /// The indexed scheduler starts exactly what a full scan of the queue would.
+        #[test]
+        fn scheduling_equals_a_full_scan(
+            ops in proptest::collection::vec((0u8..4, 0usize..12, 0u64..3), 1..80)
+        ) {
+            const PATHS: [&str; 12] =
+                ["", "a", "a/b", "a/b/c", "a/c", "ab", "b", "b/a", "c", "a/b/d", "b/a/x", "ab/c"];
+            let base = Instant::now();
+            let mut q = Queue::default();
+            let mut next: Lsn = 1;
+            let mut now = base;
+            for (op, i, t) in ops {
+                match op {
+                    0 | 1 => {
+                        let rec = if i % 5 == 4 {
+                            Record::Rename {
+                                from: RemotePath::parse(PATHS[i]).unwrap(),
+                                to: RemotePath::parse(PATHS[(i + 3) % 12]).unwrap(),
+                                node: NodeId(2),
+                                replaced: None,
+                            }
+                        } else {
+                            mkdir(PATHS[i])
+                        };
+                        q.push(next, rec, base + Duration::from_secs(t));
+                        next += 1;
+                    }
+                    2 => {
+                        // Time only moves forward.
+                        now = now.max(base + Duration::from_secs(t));
+                        // The reference: every earlier unfinished record blocks what overlaps.
+                        let mut expect = Vec::new();
+                        let mut earlier: Vec<String> = Vec::new();
+                        for (lsn, e) in &q.entries {
+                            let ready_at = match e.retry_at {
+                                Some(r) => r,
+                                None => e.ready,
+                            };
+                            let paths: Vec<&str> =
+                                e.rec.paths().iter().map(|p| p.as_str()).collect();
+                            let free = !paths.iter().any(|p| {
+                                earlier.iter().any(|o| {
+                                    o == p
+                                        || o.is_empty()
+                                        || p.is_empty()
+                                        || o.starts_with(&format!("{p}/"))
+                                        || p.starts_with(&format!("{o}/"))
+                                })
+                            });
+                            if !e.in_flight && free && ready_at <= now && expect.len() < 3 {
+                                expect.push(*lsn);
+                            }
+                            earlier.extend(paths.iter().map(|p| p.to_string()));
+                        }
+                        let (run, _) = q.runnable(now, 3);
+                        let got: Vec<Lsn> = run.iter().map(|(l, _)| *l).collect();
+                        proptest::prop_assert_eq!(got, expect);
+                    }
+                    _ => {
+                        let flying: Vec<Lsn> = q
+                            .entries
+                            .iter()
+                            .filter(|(_, e)| e.in_flight)
+                            .map(|(l, _)| *l)
+                            .collect();
+                        if let Some(l) = flying.get(i % flying.len().max(1)) {
+                            if t == 0 {
+                                q.defer(*l);
+                            } else {
+                                q.complete(*l);
+                            }
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(
+                    q.in_flight(),
+                    q.entries.values().filter(|e| e.in_flight).count()
+                );
+            }
+        }
     }
 
     #[test]
