@@ -21,4 +21,4 @@ pub use cache;
 pub use config::VfsConfig;
 pub use error::{FsError, FsResult};
 pub use types::*;
-pub use vfs::{Invalidator, Status, Vfs};
+pub use vfs::{Invalidator, LocalDiskWaitAllowed, Status, Vfs};

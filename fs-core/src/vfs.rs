@@ -489,16 +489,21 @@ impl Vfs {
         })
     }
 
-    /// Waits until everything journaled so far is durable (group commit on the blocking pool).
+    /// Waits until everything journaled so far is durable (group commit): on this thread if
+    /// it may wait for the local disk ([`LocalDiskWaitAllowed`]), else on the blocking pool.
     pub(crate) async fn sync_log(&self) -> FsResult<()> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.wal.sync())
-            .await
-            .map_err(FsError::io)?
-            .map_err(|e| {
-                tracing::error!(error = %e, "write-ahead log sync failed");
-                FsError::io(e)
-            })
+        let res = if LocalDiskWaitAllowed::here() {
+            self.inner.wal.sync()
+        } else {
+            let inner = self.inner.clone();
+            tokio::task::spawn_blocking(move || inner.wal.sync())
+                .await
+                .map_err(FsError::io)?
+        };
+        res.map_err(|e| {
+            tracing::error!(error = %e, "write-ahead log sync failed");
+            FsError::io(e)
+        })
     }
 
     pub(crate) fn attr_of(&self, n: &Node) -> Attr {
@@ -792,5 +797,37 @@ pub(crate) fn new_node(
         open: 0,
         orphan: false,
         cached_version: None,
+    }
+}
+
+thread_local! {
+    static LOCAL_DISK_WAIT_ALLOWED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Declares, while alive, that the current thread may wait for the local disk (an adapter's
+/// request thread polling an operation before handing it to the runtime): a close then makes
+/// its log record durable on that thread instead of handing the `fdatasync` to the blocking
+/// pool and back (two thread hand-offs per close). Never held on a runtime worker, and the
+/// core never waits for the network on such a thread either (provider calls are always
+/// awaited).
+pub struct LocalDiskWaitAllowed {
+    was: bool,
+}
+
+impl LocalDiskWaitAllowed {
+    pub fn enter() -> Self {
+        LocalDiskWaitAllowed {
+            was: LOCAL_DISK_WAIT_ALLOWED.with(|c| c.replace(true)),
+        }
+    }
+
+    fn here() -> bool {
+        LOCAL_DISK_WAIT_ALLOWED.with(std::cell::Cell::get)
+    }
+}
+
+impl Drop for LocalDiskWaitAllowed {
+    fn drop(&mut self) {
+        LOCAL_DISK_WAIT_ALLOWED.with(|c| c.set(self.was));
     }
 }
