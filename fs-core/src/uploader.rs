@@ -39,6 +39,8 @@ struct Entry {
     rec: Record,
     ready: Instant,
     in_flight: bool,
+    /// In flight but no longer holding a transfer slot (waiting for [`Provider::sync`]).
+    slot_free: bool,
     attempts: u32,
     retry_at: Option<Instant>,
     /// Queued again at start: it may have been applied before a crash.
@@ -95,6 +97,7 @@ impl Queue {
                 rec,
                 ready,
                 in_flight: false,
+                slot_free: false,
                 attempts: 0,
                 retry_at: None,
                 recovered: false,
@@ -224,10 +227,23 @@ impl Queue {
         (out, self.waiting.first().map(|(at, _)| *at))
     }
 
+    /// An in-flight entry's transfer is done; it still waits (for the provider's sync) and
+    /// still blocks what overlaps it, but another transfer may start.
+    fn free_slot(&mut self, lsn: Lsn) {
+        if let Some(e) = self.entries.get_mut(&lsn) {
+            if e.in_flight && !e.slot_free {
+                e.slot_free = true;
+                self.in_flight -= 1;
+            }
+        }
+    }
+
     fn complete(&mut self, lsn: Lsn) {
         if let Some(e) = self.entries.remove(&lsn) {
             if e.in_flight {
-                self.in_flight -= 1;
+                if !e.slot_free {
+                    self.in_flight -= 1;
+                }
             } else {
                 self.ready.remove(&lsn);
                 let at = e.retry_at.unwrap_or(e.ready);
@@ -270,7 +286,9 @@ impl Queue {
         };
         if e.in_flight {
             e.in_flight = false;
-            self.in_flight -= 1;
+            if !std::mem::take(&mut e.slot_free) {
+                self.in_flight -= 1;
+            }
         } else {
             self.ready.remove(&lsn);
             self.waiting.remove(&(e.retry_at.unwrap_or(e.ready), lsn));
@@ -385,7 +403,16 @@ impl Vfs {
     async fn apply(&self, lsn: Lsn, rec: Record) {
         tracing::debug!(lsn, op = rec.kind_name(), path = %rec.paths()[0], "applying");
         let deadline = self.inner.cfg.provider_timeout * 4;
-        let result = match tokio::time::timeout(deadline, self.apply_record(lsn, &rec)).await {
+        // Durable on the provider before the marker that says so can be (see Provider::sync).
+        let applied = async {
+            let outcome = self.apply_record(lsn, &rec).await?;
+            // Let the next transfer start meanwhile: syncs then cover several changes.
+            lock(&self.inner.queue).free_slot(lsn);
+            self.inner.queue_changed.notify_one();
+            self.inner.provider.sync().await?;
+            Ok(outcome)
+        };
+        let result = match tokio::time::timeout(deadline, applied).await {
             Ok(r) => r,
             Err(_) => Err(ProviderError::TimedOut),
         };
@@ -421,7 +448,8 @@ impl Vfs {
 
     /// Journals the `Applied` marker and updates the namespace with what the provider has now.
     /// The marker is handed to the OS (a lost marker only means an idempotent re-apply); before
-    /// a commit's dirty chunks are released, it is made durable, since a re-apply needs them.
+    /// a commit's dirty chunks are released, it is made durable, since a re-apply needs them
+    /// (not those that travel inline in the record).
     async fn finish(
         &self,
         lsn: Lsn,
@@ -466,7 +494,13 @@ impl Vfs {
         if let Some(n) = gone {
             self.forget_node_data(&n);
         }
-        if released.is_empty() {
+        // A re-apply after a crash takes inline chunks from the log record itself, so only
+        // releasing chunks that exist nowhere else waits for the marker to be durable.
+        let inline: BTreeSet<u64> = match rec {
+            Record::Commit { inline, .. } => inline.iter().map(|(i, _)| *i).collect(),
+            _ => BTreeSet::new(),
+        };
+        if released.iter().all(|(k, _)| inline.contains(&k.index)) {
             self.log_to_os()?;
         } else {
             self.sync_log().await?;
@@ -1142,7 +1176,7 @@ mod tests {
                 }
                 proptest::prop_assert_eq!(
                     q.in_flight(),
-                    q.entries.values().filter(|e| e.in_flight).count()
+                    q.entries.values().filter(|e| e.in_flight && !e.slot_free).count()
                 );
             }
         }

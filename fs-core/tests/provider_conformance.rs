@@ -615,6 +615,23 @@ async fn mkdir_and_rmdir(h: &dyn Backing) {
     assert!(p.rmdir(&RemotePath::root()).await.is_err());
 }
 
+/// `sync` succeeds with nothing to do, after changes in directories removed since, and when
+/// many callers ask at once (the local folder gathers them into one round of `fsync`s).
+async fn sync_after_changes(h: &dyn Backing) {
+    let p = h.provider();
+    p.sync().await.unwrap();
+    p.mkdir(&rp("d")).await.unwrap();
+    put(p, "d/f", b"x").await;
+    p.delete(&rp("d/f"), Precondition::None).await.unwrap();
+    p.rmdir(&rp("d")).await.unwrap();
+    p.mkdir(&rp("e")).await.unwrap();
+    put(p, "e/g", b"y").await;
+    let all = futures::future::join_all((0..8).map(|_| p.sync())).await;
+    assert!(all.iter().all(Result::is_ok), "{all:?}");
+    p.sync().await.unwrap();
+    assert!(h.exists("e/g") && !h.exists("d"));
+}
+
 async fn delete_files(h: &dyn Backing) {
     let p = h.provider();
     put(p, "f", b"x").await;
@@ -951,6 +968,7 @@ conformance!(
     short_long_and_failing_bodies,
     list_entries,
     mkdir_and_rmdir,
+    sync_after_changes,
     delete_files,
     rename_file,
     rename_dir_with_children,

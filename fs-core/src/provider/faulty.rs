@@ -598,4 +598,8 @@ impl<P: Provider + ?Sized> Provider for FaultyProvider<P> {
         let after = self.inject(Op::SetAttrs, path).await?;
         Self::finish(after, Op::SetAttrs, self.inner.set_attrs(path, attrs).await)
     }
+
+    async fn sync(&self) -> Result<()> {
+        self.inner.sync().await
+    }
 }

@@ -26,8 +26,9 @@
 //!   target's directory (such names are hidden from [`Provider::list`] and [`Provider::stat`] and
 //!   cannot be created through the provider), checked to be exactly `len` bytes, given its
 //!   mode/mtime (without a mode, the replaced file's permission bits are kept, else the umask
-//!   applies; ownership is not kept), `fsync`ed, renamed over the target, and the directory is
-//!   `fsync`ed. A failed or
+//!   applies; ownership is not kept), `fsync`ed and renamed over the target; the directory is
+//!   `fsync`ed by the next [`Provider::sync`] (one `fsync` per directory for all the changes
+//!   since the last one; the uploader syncs before it journals a change as applied). A failed or
 //!   cancelled write (the future dropped midway) removes the temporary file (a guard unlinks it on
 //!   drop) and never leaves a half-written file at the target.
 //! * **Preconditions are check-then-act** (`conditional_write: false`), except `IfNotExists` on
@@ -59,12 +60,13 @@
 //!
 //! All filesystem calls run on tokio's blocking pool.
 
+use std::collections::HashSet;
 use std::fs::{self, File, FileTimes, Metadata, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -113,7 +115,11 @@ impl LocalProvider {
             retryable: false,
         })?;
         Ok(LocalProvider {
-            root: Arc::new(Root { path: root }),
+            root: Arc::new(Root {
+                path: root,
+                dirs: Mutex::new(DirSync::default()),
+                syncing: tokio::sync::Mutex::new(()),
+            }),
         })
     }
 
@@ -148,9 +154,40 @@ impl LocalProvider {
 #[derive(Debug)]
 struct Root {
     path: PathBuf,
+    /// Directories whose entries changed and are not synced yet.
+    dirs: Mutex<DirSync>,
+    /// Held by the caller of [`Provider::sync`] that is `fsync`ing (group commit: the others
+    /// wait, and return at once if that sync covered their changes).
+    syncing: tokio::sync::Mutex<()>,
 }
 
+#[derive(Debug, Default)]
+struct DirSync {
+    unsynced: HashSet<PathBuf>,
+    /// Changes noted so far, and how many of them are known durable.
+    changed: u64,
+    synced: u64,
+}
+
+/// How long a sync waits for more changes to join it: one directory `fsync` then covers many
+/// uploads (an untar of 20k files syncs each directory a few times, not once per file).
+const SYNC_GATHER: Duration = Duration::from_millis(20);
+
 impl Root {
+    /// Notes that an entry of `dir` was created, renamed or removed: the next
+    /// [`Provider::sync`] makes that durable.
+    fn changed_dir(&self, dir: PathBuf) {
+        let mut d = self.dir_sync();
+        d.unsynced.insert(dir);
+        d.changed += 1;
+    }
+
+    fn dir_sync(&self) -> std::sync::MutexGuard<'_, DirSync> {
+        self.dirs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn abs(&self, p: &RemotePath) -> PathBuf {
         if p.is_root() {
             self.path.clone()
@@ -360,12 +397,9 @@ fn entry_from(
     }))
 }
 
-/// `fsync` of a directory, after an entry in it was created, renamed or removed. The change
-/// itself has happened by then, so a failure is only logged.
-fn fsync_dir(dir: &Path) {
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(dir = %dir.display(), error = %e, "fsync of directory failed");
-    }
+/// `fsync` of a directory, after an entry in it was created, renamed or removed.
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
 }
 
 /// `rename` that fails with EEXIST if `to` exists: `renameat2(RENAME_NOREPLACE)`, or, where the
@@ -558,6 +592,44 @@ async fn next_piece(mut st: ReadState) -> Option<(Result<Bytes>, ReadState)> {
 
 #[async_trait::async_trait]
 impl Provider for LocalProvider {
+    async fn sync(&self) -> Result<()> {
+        let target = self.root.dir_sync().changed;
+        let _one = self.root.syncing.lock().await;
+        if self.root.dir_sync().synced >= target {
+            return Ok(());
+        }
+        tokio::time::sleep(SYNC_GATHER).await;
+        let (dirs, upto) = {
+            let mut d = self.root.dir_sync();
+            (std::mem::take(&mut d.unsynced), d.changed)
+        };
+        let dirs: Vec<PathBuf> = dirs.into_iter().collect();
+        self.run("sync", move |root| {
+            for (i, d) in dirs.iter().enumerate() {
+                match fsync_dir(d) {
+                    // Removed since: its parent's change is in the set too.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        // Synced again by the next call.
+                        root.dir_sync().unsynced.extend(dirs[i..].iter().cloned());
+                        return Err(ProviderError::Other {
+                            message: format!(
+                                "local provider: fsync of changed directory {} failed: {e}",
+                                d.display()
+                            ),
+                            retryable: true,
+                        });
+                    }
+                    Ok(()) => {}
+                }
+            }
+            let mut d = root.dir_sync();
+            d.synced = d.synced.max(upto);
+            Ok(())
+        })
+        .await
+    }
+
     fn describe(&self) -> String {
         format!("local:{}", self.root.path.display())
     }
@@ -808,7 +880,7 @@ impl Provider for LocalProvider {
                 }
             }
             drop(guard);
-            fsync_dir(&root.abs(&parent));
+            root.changed_dir(root.abs(&parent));
             let md = file.metadata().map_err(|e| map_io(&e, &p))?;
             root.entry(&p, &md)
         })
@@ -834,7 +906,7 @@ impl Provider for LocalProvider {
             }
             // Window: a change to the file from the lstat above to here goes unnoticed.
             fs::remove_file(root.abs(&p)).map_err(|e| lookup_err(&e, &p))?;
-            fsync_dir(&root.abs(&p.parent().unwrap_or_else(RemotePath::root)));
+            root.changed_dir(root.abs(&p.parent().unwrap_or_else(RemotePath::root)));
             Ok(())
         })
         .await
@@ -850,7 +922,7 @@ impl Provider for LocalProvider {
         self.run("mkdir", move |root| {
             let abs = root.abs(&p);
             fs::create_dir(&abs).map_err(|e| create_err(&e, &p))?;
-            fsync_dir(&root.abs(&p.parent().unwrap_or_else(RemotePath::root)));
+            root.changed_dir(root.abs(&p.parent().unwrap_or_else(RemotePath::root)));
             let md = root.lookup(&p)?;
             root.entry(&p, &md)
         })
@@ -869,7 +941,7 @@ impl Provider for LocalProvider {
                 return Err(ProviderError::NotADirectory(p));
             }
             fs::remove_dir(root.abs(&p)).map_err(|e| lookup_err(&e, &p))?;
-            fsync_dir(&root.abs(&p.parent().unwrap_or_else(RemotePath::root)));
+            root.changed_dir(root.abs(&p.parent().unwrap_or_else(RemotePath::root)));
             Ok(())
         })
         .await
@@ -933,9 +1005,9 @@ impl Provider for LocalProvider {
             })?;
             let from_dir = root.abs(&f.parent().unwrap_or_else(RemotePath::root));
             let to_dir = root.abs(&t.parent().unwrap_or_else(RemotePath::root));
-            fsync_dir(&to_dir);
+            root.changed_dir(to_dir.clone());
             if from_dir != to_dir {
-                fsync_dir(&from_dir);
+                root.changed_dir(from_dir);
             }
             let md = root.lookup(&t)?;
             root.entry(&t, &md)
@@ -959,7 +1031,7 @@ impl Provider for LocalProvider {
         let target = target.to_string();
         self.run("symlink", move |root| {
             std::os::unix::fs::symlink(&target, root.abs(&p)).map_err(|e| create_err(&e, &p))?;
-            fsync_dir(&root.abs(&p.parent().unwrap_or_else(RemotePath::root)));
+            root.changed_dir(root.abs(&p.parent().unwrap_or_else(RemotePath::root)));
             let md = root.lookup(&p)?;
             root.entry(&p, &md)
         })

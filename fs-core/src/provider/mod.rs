@@ -288,6 +288,15 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Sets permission bits and/or modification time (`NotSupported` without the capability).
     async fn set_attrs(&self, path: &RemotePath, attrs: ObjectAttrs) -> Result<RemoteEntry>;
+
+    /// Makes every change this provider has acknowledged so far survive a power loss. A
+    /// provider whose acknowledgement is already durable (an object store, a server) does
+    /// nothing; the local folder syncs the directories its calls changed, so that many calls
+    /// share one directory `fsync`. The uploader calls it before it journals that a change was
+    /// applied.
+    async fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Reads a whole stream into memory (tests, small objects).
