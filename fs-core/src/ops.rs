@@ -131,7 +131,30 @@ impl Vfs {
                 if raced && !(first && attempt == LIST_ATTEMPTS) {
                     continue;
                 }
-                ns.merge_listing(dir, &remote_dir, entries, Instant::now())
+                // A directory whose entries still have changes queued shows the time of the
+                // uploads so far on the provider; its time here stays (the uploader sets the
+                // provider's back to it once they are done).
+                let busy: Vec<(NodeId, SystemTime)> = {
+                    let q = lock(&self.inner.queue);
+                    entries
+                        .iter()
+                        .filter(|e| e.kind == crate::provider::EntryKind::Dir)
+                        .filter_map(|e| {
+                            let id = ns.child(dir, &e.name)?;
+                            let path = remote_dir.join(&e.name)?;
+                            q.busy_dir(path.as_str())
+                                .then(|| ns.get(id).map(|n| (id, n.mtime)))
+                                .flatten()
+                        })
+                        .collect()
+                };
+                let outcome = ns.merge_listing(dir, &remote_dir, entries, Instant::now());
+                for (id, mtime) in busy {
+                    if let Some(n) = ns.get_mut(id) {
+                        n.mtime = mtime;
+                    }
+                }
+                outcome
             };
             for id in outcome.changed {
                 self.invalidate_inode(id);

@@ -62,6 +62,8 @@ pub(crate) struct Queue {
     /// included): whether an earlier record overlaps is O(path depth), not a scan.
     by_path: HashMap<String, BTreeSet<Lsn>>,
     by_ancestor: HashMap<String, BTreeSet<Lsn>>,
+    /// Queued records changing the entries of each directory (all but attribute changes).
+    by_parent: HashMap<String, BTreeSet<Lsn>>,
     /// Entries not in flight and not ready yet, by the moment they become ready (write-back
     /// delay, retry backoff).
     waiting: BTreeSet<(Instant, Lsn)>,
@@ -69,6 +71,14 @@ pub(crate) struct Queue {
     /// overlaps or all transfer slots are taken.
     ready: BTreeSet<Lsn>,
     in_flight: usize,
+}
+
+/// The directory holding a remote path (`""` for a top-level entry); `None` for the root.
+fn parent_of(p: &str) -> Option<&str> {
+    if p.is_empty() {
+        return None;
+    }
+    Some(p.rfind('/').map_or("", |i| &p[..i]))
 }
 
 /// The proper ancestors of a remote path, the root (`""`) included: `a/b/c` → `a`, `a/b`, `""`.
@@ -86,6 +96,13 @@ impl Queue {
             for a in ancestors(p) {
                 self.by_ancestor
                     .entry(a.to_string())
+                    .or_default()
+                    .insert(lsn);
+            }
+            // Attribute changes leave the directory's entries (and time) alone.
+            if let Some(parent) = parent_of(p).filter(|_| !matches!(rec, Record::SetAttr { .. })) {
+                self.by_parent
+                    .entry(parent.to_string())
                     .or_default()
                     .insert(lsn);
             }
@@ -157,6 +174,28 @@ impl Queue {
         self.entries.range(lsn + 1..).any(|(_, e)| {
             e.rec.node() == node && matches!(e.rec, Record::Commit { .. } | Record::Remove { .. })
         })
+    }
+
+    /// Whether a queued record names `dir` or an entry of it.
+    pub fn busy_dir(&self, dir: &str) -> bool {
+        self.by_path.contains_key(dir) || self.by_parent.contains_key(dir)
+    }
+
+    /// Whether a queued record other than `lsn`, and not transferred yet, names `dir` or an
+    /// entry of it.
+    fn others_touch(&self, lsn: Lsn, dir: &str) -> bool {
+        let other = |m: &HashMap<String, BTreeSet<Lsn>>| {
+            m.get(dir).is_some_and(|s| {
+                s.iter().any(|l| {
+                    *l != lsn
+                        && !self
+                            .entries
+                            .get(l)
+                            .is_some_and(|e| e.in_flight && e.slot_free)
+                })
+            })
+        };
+        other(&self.by_path) || other(&self.by_parent)
     }
 
     /// Whether a record earlier than `lsn` names `p`, an ancestor of `p` or a descendant of
@@ -262,6 +301,9 @@ impl Queue {
                 unindex(&mut self.by_path, p);
                 for a in ancestors(p) {
                     unindex(&mut self.by_ancestor, a);
+                }
+                if let Some(parent) = parent_of(p) {
+                    unindex(&mut self.by_parent, parent);
                 }
             }
         }
@@ -406,9 +448,16 @@ impl Vfs {
         // Durable on the provider before the marker that says so can be (see Provider::sync).
         let applied = async {
             let outcome = self.apply_record(lsn, &rec).await?;
-            // Let the next transfer start meanwhile: syncs then cover several changes.
-            lock(&self.inner.queue).free_slot(lsn);
+            // Let the next transfer start meanwhile: syncs then cover several changes. Marked
+            // done and checked in one step, so that of two changes in a directory finishing
+            // together, the second restores the directory's time.
+            let dirs = {
+                let mut q = lock(&self.inner.queue);
+                q.free_slot(lsn);
+                self.times_to_restore(&q, lsn, &rec)
+            };
             self.inner.queue_changed.notify_one();
+            self.restore_times(dirs).await?;
             self.inner.provider.sync().await?;
             Ok(outcome)
         };
@@ -444,6 +493,60 @@ impl Vfs {
                 });
             }
         }
+    }
+
+    /// Applying a change inside a directory stamps the remote directory with the time of the
+    /// upload, not the time of the change (and a new directory or symlink is made then): the
+    /// directories and symlinks to set back to their time on the drive (an `rsync -a`, which
+    /// sets their times, then finds nothing to do on the provider either). Once per burst: none
+    /// while another change in it waits for its transfer.
+    fn times_to_restore(&self, q: &Queue, lsn: Lsn, rec: &Record) -> Vec<RemotePath> {
+        if matches!(rec, Record::SetAttr { .. } | Record::Applied { .. })
+            || !self.inner.provider.capabilities().attrs
+        {
+            return Vec::new();
+        }
+        let mut dirs: BTreeSet<RemotePath> =
+            rec.paths().iter().filter_map(|p| p.parent()).collect();
+        // A new directory or symlink is stamped with the time it was made on the provider.
+        if let Record::Mkdir { path, .. } | Record::Symlink { path, .. } = rec {
+            dirs.insert(path.clone());
+        }
+        dirs.into_iter()
+            .filter(|d| !q.others_touch(lsn, d.as_str()))
+            .collect()
+    }
+
+    async fn restore_times(&self, dirs: Vec<RemotePath>) -> Result<(), ProviderError> {
+        for dir in dirs {
+            let mtime = {
+                let ns = lock(&self.inner.ns);
+                match ns.resolve(&dir).and_then(|id| ns.get(id)) {
+                    Some(n) if n.kind != FileKind::File => n.mtime,
+                    _ => continue,
+                }
+            };
+            let attrs = ObjectAttrs {
+                mode: None,
+                mtime: Some(mtime),
+            };
+            tracing::debug!(path = %dir, ?mtime, "restoring the time of a directory or symlink");
+            match self.inner.provider.set_attrs(&dir, attrs).await {
+                Ok(e) => {
+                    let mut ns = lock(&self.inner.ns);
+                    if let Some(n) = ns.resolve(&dir).and_then(|id| ns.get_mut(id)) {
+                        n.remote = Some(RemoteState {
+                            version: e.version,
+                            size: e.size,
+                        });
+                    }
+                }
+                // Gone or replaced since: whatever did that restores its own parent's time.
+                Err(ProviderError::NotFound(_) | ProviderError::NotADirectory(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Journals the `Applied` marker and updates the namespace with what the provider has now.
@@ -1095,7 +1198,7 @@ mod tests {
         q.complete(1);
         q.complete(2);
         assert_eq!((q.len(), q.in_flight(), q.applied_below), (0, 0, 3));
-        assert!(q.by_path.is_empty() && q.by_ancestor.is_empty());
+        assert!(q.by_path.is_empty() && q.by_ancestor.is_empty() && q.by_parent.is_empty());
     }
 
     proptest::proptest! {

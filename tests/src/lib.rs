@@ -61,7 +61,9 @@ pub fn mountctl() -> &'static Path {
             .and_then(Path::parent)
             .expect("the test binary is not in target/<profile>/deps");
         let bin = profile_dir.join("mountctl");
-        if !bin.exists() {
+        // Always: cargo test does not rebuild another package's binary, and a stale one would
+        // test old code (cheap when it is up to date).
+        {
             let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .parent()
                 .expect("workspace root");
@@ -735,6 +737,11 @@ impl Drop for Drive {
             );
             if std::env::var_os("SYNCOXIDE_TEST_KEEP").is_some() {
                 if let Some(w) = self.work.take() {
+                    // The cache's own log goes with its directory; keep a copy beside the mount.
+                    let _ = fs::copy(
+                        self.cache_dir.with_extension("log"),
+                        w.path().join("cache.log"),
+                    );
                     eprintln!("kept {:?} (SYNCOXIDE_TEST_KEEP)", w.keep());
                 }
             }

@@ -277,7 +277,6 @@ fn rsync_changes(from: &Path, to: &Path) -> String {
 }
 
 #[test]
-#[ignore = "known bug: a directory's mtime on the remote is sometimes later than the one set through the mount (timing-dependent; the mount itself is right)"]
 fn rsync_archive_then_checksum_compare() {
     let remote = tempdir("remote");
     let work = tempdir("rsync");
