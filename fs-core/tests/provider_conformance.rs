@@ -1297,7 +1297,9 @@ fn tmp_files(dir: &Path) -> Vec<String> {
 async fn local_cancelled_write_leaves_no_tmp_and_no_target() {
     let (_tmp, root, p) = local_with_root();
     let p = Arc::new(p);
-    // One chunk, then nothing, forever.
+    // One chunk, then nothing, forever. Declared larger than one write batch (1 MiB), so the
+    // body is streamed into the temporary file (a smaller one is gathered first, then written
+    // in one go).
     let stalled: ByteStream = Box::pin(
         futures::stream::iter(vec![Ok(Bytes::from(data(1000, 7)))])
             .chain(futures::stream::pending()),
@@ -1308,7 +1310,7 @@ async fn local_cancelled_write_leaves_no_tmp_and_no_target() {
             p.write(
                 &rp("f"),
                 stalled,
-                5000,
+                4 << 20,
                 Precondition::None,
                 ObjectAttrs::default(),
             )

@@ -435,15 +435,19 @@ fn tmp_name() -> String {
     )
 }
 
-fn this_host() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| {
-            h.trim()
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                .collect()
-        })
-        .unwrap_or_else(|_| "host".into())
+/// This machine's name as it goes into temporary names (read once).
+fn this_host() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| {
+                h.trim()
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect()
+            })
+            .unwrap_or_else(|_| "host".into())
+    })
 }
 
 /// Removes a temporary file that a process of this host left behind when it died in the
@@ -762,36 +766,46 @@ impl Provider for LocalProvider {
         check_new_name(path)?;
         let parent = path.parent().unwrap_or_else(RemotePath::root);
 
+        // A body that fits in one batch is gathered first (uploads from memory or the cache
+        // yield it at once); then one blocking task makes the temporary file, writes, syncs and
+        // renames, instead of three.
+        let mut first: Vec<Bytes> = Vec::new();
+        let mut received: u64 = 0;
+        if len <= WRITE_BATCH as u64 {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                received += chunk.len() as u64;
+                check_received(path, received, len, false)?;
+                if !chunk.is_empty() {
+                    first.push(chunk);
+                }
+            }
+            check_received(path, received, len, true)?;
+            let (p, par) = (path.clone(), parent);
+            return self
+                .run("write", move |root| {
+                    let (file, guard) = create_tmp(root, &par, &p)?;
+                    let mut f: &File = &file;
+                    for b in &first {
+                        f.write_all(b).map_err(|e| map_io(&e, &p))?;
+                    }
+                    finish_write(root, &file, guard, &p, &par, pre, attrs)
+                })
+                .await;
+        }
+
         // 1. The temporary file. If this future is dropped while the task runs, the task's
         //    output (and with it the guard) is dropped when it completes: the file is removed.
         let p = path.clone();
         let par = parent.clone();
         let (file, guard) = self
             .run("write", move |root| {
-                let dir = root.abs(&par);
-                for _ in 0..16 {
-                    let tmp = dir.join(tmp_name());
-                    match OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o666)
-                        .open(&tmp)
-                    {
-                        Ok(f) => return Ok((Arc::new(f), TmpGuard { path: Some(tmp) })),
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                        Err(e) => return Err(create_err(&e, &p)),
-                    }
-                }
-                Err(ProviderError::Other {
-                    message: format!("{p}: no free temporary name"),
-                    retryable: true,
-                })
+                create_tmp(root, &par, &p).map(|(f, g)| (Arc::new(f), g))
             })
             .await?;
 
         // 2. The body, in batches of about 1 MiB.
-        let mut received: u64 = 0;
-        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batch: Vec<Bytes> = first;
         let mut batch_len = 0usize;
         loop {
             let chunk = match body.next().await {
@@ -800,12 +814,7 @@ impl Provider for LocalProvider {
                 None => break,
             };
             received += chunk.len() as u64;
-            if received > len {
-                return Err(ProviderError::Other {
-                    message: format!("{path}: body is longer than the declared {len} bytes"),
-                    retryable: false,
-                });
-            }
+            check_received(path, received, len, false)?;
             if !chunk.is_empty() {
                 batch_len += chunk.len();
                 batch.push(chunk);
@@ -816,73 +825,16 @@ impl Provider for LocalProvider {
                 batch_len = 0;
             }
         }
-        if received != len {
-            return Err(ProviderError::Other {
-                message: format!("{path}: body ended after {received} of {len} bytes"),
-                retryable: false,
-            });
-        }
+        check_received(path, received, len, true)?;
         if !batch.is_empty() {
             self.write_batch(path, &file, batch).await?;
         }
 
-        // 3. Attributes, fsync, precondition, rename, directory fsync: one blocking task that
-        //    owns the guard, so it runs to completion even if this future is dropped.
+        // 3. Attributes, fsync, precondition, rename: one blocking task that owns the guard, so
+        //    it runs to completion even if this future is dropped.
         let p = path.clone();
         self.run("write", move |root| {
-            let mut guard = guard;
-            // Without a mode, a replaced file keeps its permission bits.
-            let mode = attrs.mode.or_else(|| {
-                fs::symlink_metadata(root.abs(&p))
-                    .ok()
-                    .filter(Metadata::is_file)
-                    .map(|md| md.mode())
-            });
-            if let Some(mode) = mode {
-                file.set_permissions(Permissions::from_mode(mode & 0o7777))
-                    .map_err(|e| map_io(&e, &p))?;
-            }
-            if let Some(mtime) = attrs.mtime {
-                file.set_times(FileTimes::new().set_modified(mtime))
-                    .map_err(|e| map_io(&e, &p))?;
-            }
-            file.sync_all().map_err(|e| map_io(&e, &p))?;
-            let target = root.abs(&p);
-            match pre {
-                Precondition::None => {
-                    fs::rename(guard.path(), &target).map_err(|e| create_err(&e, &p))?;
-                    guard.disarm();
-                }
-                Precondition::IfNotExists => {
-                    let tmp_left =
-                        rename_noreplace(guard.path(), &target).map_err(|e| create_err(&e, &p))?;
-                    if !tmp_left {
-                        guard.disarm();
-                    }
-                }
-                Precondition::IfMatch(v) => {
-                    let md = match fs::symlink_metadata(&target) {
-                        Ok(md) => md,
-                        Err(e) if matches!(errno(&e), Some(Errno::NOENT | Errno::NOTDIR)) => {
-                            return Err(precondition_failed(&p));
-                        }
-                        Err(e) => return Err(map_io(&e, &p)),
-                    };
-                    if md.is_dir() {
-                        return Err(ProviderError::IsADirectory(p));
-                    }
-                    if version_of(&md) != v {
-                        return Err(precondition_failed(&p));
-                    }
-                    // Window: a change to `target` from here to the rename goes unnoticed.
-                    fs::rename(guard.path(), &target).map_err(|e| create_err(&e, &p))?;
-                    guard.disarm();
-                }
-            }
-            drop(guard);
-            root.changed_dir(root.abs(&parent));
-            let md = file.metadata().map_err(|e| map_io(&e, &p))?;
-            root.entry(&p, &md)
+            finish_write(root, &file, guard, &p, &parent, pre, attrs)
         })
         .await
     }
@@ -1095,6 +1047,112 @@ impl LocalProvider {
         })
         .await
     }
+}
+
+/// `received` bytes of a body declared `len` long: more is an error at once, less once it
+/// has ended (`done`).
+fn check_received(path: &RemotePath, received: u64, len: u64, done: bool) -> Result<()> {
+    if received > len {
+        return Err(ProviderError::Other {
+            message: format!("{path}: body is longer than the declared {len} bytes"),
+            retryable: false,
+        });
+    }
+    if done && received != len {
+        return Err(ProviderError::Other {
+            message: format!("{path}: body ended after {received} of {len} bytes"),
+            retryable: false,
+        });
+    }
+    Ok(())
+}
+
+/// A new temporary file in directory `par` for a write of `p`, removed by its guard unless
+/// disarmed.
+fn create_tmp(root: &Root, par: &RemotePath, p: &RemotePath) -> Result<(File, TmpGuard)> {
+    let dir = root.abs(par);
+    for _ in 0..16 {
+        let tmp = dir.join(tmp_name());
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((f, TmpGuard { path: Some(tmp) })),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(create_err(&e, p)),
+        }
+    }
+    Err(ProviderError::Other {
+        message: format!("{p}: no free temporary name"),
+        retryable: true,
+    })
+}
+
+/// The end of a write: attributes, `fsync`, precondition, rename into place (the directory is
+/// synced by the next [`Provider::sync`]).
+fn finish_write(
+    root: &Root,
+    file: &File,
+    mut guard: TmpGuard,
+    p: &RemotePath,
+    parent: &RemotePath,
+    pre: Precondition,
+    attrs: ObjectAttrs,
+) -> Result<RemoteEntry> {
+    // Without a mode, a replaced file keeps its permission bits.
+    let mode = attrs.mode.or_else(|| {
+        fs::symlink_metadata(root.abs(p))
+            .ok()
+            .filter(Metadata::is_file)
+            .map(|md| md.mode())
+    });
+    if let Some(mode) = mode {
+        file.set_permissions(Permissions::from_mode(mode & 0o7777))
+            .map_err(|e| map_io(&e, p))?;
+    }
+    if let Some(mtime) = attrs.mtime {
+        file.set_times(FileTimes::new().set_modified(mtime))
+            .map_err(|e| map_io(&e, p))?;
+    }
+    file.sync_all().map_err(|e| map_io(&e, p))?;
+    let target = root.abs(p);
+    match pre {
+        Precondition::None => {
+            fs::rename(guard.path(), &target).map_err(|e| create_err(&e, p))?;
+            guard.disarm();
+        }
+        Precondition::IfNotExists => {
+            let tmp_left =
+                rename_noreplace(guard.path(), &target).map_err(|e| create_err(&e, p))?;
+            if !tmp_left {
+                guard.disarm();
+            }
+        }
+        Precondition::IfMatch(v) => {
+            let md = match fs::symlink_metadata(&target) {
+                Ok(md) => md,
+                Err(e) if matches!(errno(&e), Some(Errno::NOENT | Errno::NOTDIR)) => {
+                    return Err(precondition_failed(p));
+                }
+                Err(e) => return Err(map_io(&e, p)),
+            };
+            if md.is_dir() {
+                return Err(ProviderError::IsADirectory(p.clone()));
+            }
+            if version_of(&md) != v {
+                return Err(precondition_failed(p));
+            }
+            // Window: a change to `target` from here to the rename goes unnoticed.
+            fs::rename(guard.path(), &target).map_err(|e| create_err(&e, p))?;
+            guard.disarm();
+        }
+    }
+    drop(guard);
+    root.changed_dir(root.abs(parent));
+    let md = file.metadata().map_err(|e| map_io(&e, p))?;
+    root.entry(p, &md)
 }
 
 fn timespec(t: SystemTime) -> rustix::fs::Timespec {
