@@ -114,6 +114,11 @@ impl Vfs {
         let ranged = |key: cache::ChunkKey| {
             let cache = self.inner.cache.clone();
             async move {
+                // A cache hit is a local read: on a thread that may wait for the disk, no
+                // hand-off to the blocking pool and back.
+                if crate::vfs::LocalDiskWaitAllowed::here() {
+                    return Ok(cache.get_range(&key, from, to - from));
+                }
                 tokio::task::spawn_blocking(move || cache.get_range(&key, from, to - from))
                     .await
                     .map_err(FsError::io)

@@ -806,8 +806,8 @@ thread_local! {
 
 /// Declares, while alive, that the current thread may wait for the local disk (an adapter's
 /// request thread polling an operation before handing it to the runtime): a close then makes
-/// its log record durable on that thread instead of handing the `fdatasync` to the blocking
-/// pool and back (two thread hand-offs per close). Never held on a runtime worker, and the
+/// its log record durable on that thread, and a read hit decrypts from the cache there, instead
+/// of handing the work to the blocking pool and back (two thread hand-offs each). Never held on a runtime worker, and the
 /// core never waits for the network on such a thread either (provider calls are always
 /// awaited).
 pub struct LocalDiskWaitAllowed {
@@ -821,7 +821,7 @@ impl LocalDiskWaitAllowed {
         }
     }
 
-    fn here() -> bool {
+    pub(crate) fn here() -> bool {
         LOCAL_DISK_WAIT_ALLOWED.with(std::cell::Cell::get)
     }
 }
