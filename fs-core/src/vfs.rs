@@ -11,7 +11,8 @@
 //!    applied.
 //!
 //! After a crash, [`Vfs::open`] loads the last checkpoint, replays the log into the namespace,
-//! requeues what was not applied, and drops dirty chunks no committed record references.
+//! requeues what was not applied, drops dirty chunks no committed record references, and
+//! commits files created and never closed (as their close would have).
 //!
 //! # State of a file's data
 //! `Clean → Dirty (written, in the write buffer or dirty chunks) → Committed (close/fsync: a
@@ -284,6 +285,7 @@ impl Vfs {
             inner: Arc::new(inner),
         };
         vfs.restore_committed_chunks(&records)?;
+        vfs.commit_unclosed()?;
         tracing::info!(
             replayed = records.len(),
             queued = lock(&vfs.inner.queue).len(),
@@ -355,6 +357,45 @@ impl Vfs {
         let dropped = inner.cache.retain_dirty(|n| keep.contains(n))?;
         if dropped > 0 {
             tracing::info!(dropped, "dropped dirty chunks of writes never committed");
+        }
+        Ok(())
+    }
+
+    /// After a crash: files created and never closed (their writer died with the mount) are
+    /// committed as the replay left them, as their close would have done. A new file reaches the
+    /// provider only with a commit (its Create record is applied as "nothing to do yet"), so
+    /// without one the replayed file would stay on the drive and never reach the provider.
+    fn commit_unclosed(&self) -> FsResult<()> {
+        let mut ns = lock(&self.inner.ns);
+        let dirty: Vec<NodeId> = ns
+            .nodes
+            .values()
+            .filter(|n| n.dirty)
+            .map(|n| n.id)
+            .collect();
+        let mut journaled = false;
+        for id in dirty {
+            let path = ns.path_of(id);
+            let Some(n) = ns.get_mut(id) else { continue };
+            n.dirty = false;
+            let Some(path) = path.filter(|_| n.kind == FileKind::File) else {
+                continue;
+            };
+            let rec = Record::Commit {
+                path,
+                node: id,
+                content: n.content.clone(),
+                mtime: n.mtime,
+                inline: Vec::new(),
+            };
+            n.content.gen += 1;
+            self.journal(&mut ns, rec)?;
+            journaled = true;
+        }
+        drop(ns);
+        if journaled {
+            tracing::info!("committed files created and never closed before the crash");
+            self.log_to_os()?;
         }
         Ok(())
     }
@@ -613,14 +654,18 @@ fn replay(ns: &mut Namespace, rec: &Record) {
                 ns.detach(old);
             }
             let dir = matches!(rec, Record::Mkdir { .. });
-            ns.insert(new_node(
+            let mut n = new_node(
                 *node,
                 parent,
                 path.name(),
                 if dir { FileKind::Dir } else { FileKind::File },
                 *perm,
                 *mtime,
-            ));
+            );
+            // As `create` does: the empty file is a change its first close commits (a later
+            // Commit record clears this; without one, the open commits it).
+            n.dirty = !dir;
+            ns.insert(n);
         }
         Record::Symlink {
             path,
