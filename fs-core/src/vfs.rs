@@ -691,12 +691,7 @@ fn replay(ns: &mut Namespace, rec: &Record) {
                 return;
             };
             if let Some(r) = replaced {
-                let replaced_remote = ns.get(*r).and_then(|n| n.remote.clone());
-                if let Some(n) = ns.get_mut(*node) {
-                    if n.remote.is_none() && !n.is_dir() {
-                        n.remote = replaced_remote;
-                    }
-                }
+                ns.replace_by_rename(*node, *r);
                 ns.detach(*r);
             }
             if let Some(old) = ns.child(parent, to.name()) {
@@ -761,7 +756,21 @@ pub(crate) fn replay_applied(
     remote: Option<&(cache::Version, u64)>,
     chunk_size: u64,
 ) {
-    let Some(n) = ns.get_mut(rec.node()) else {
+    let id = rec.node();
+    if let Some((v, size)) = remote {
+        let state = RemoteState {
+            version: v.clone(),
+            size: *size,
+        };
+        ns.reported(id, &state);
+    }
+    if let Record::Rename {
+        replaced: Some(r), ..
+    } = rec
+    {
+        ns.rename_over_applied(id, *r, remote.is_some());
+    }
+    let Some(n) = ns.get_mut(id) else {
         return;
     };
     match rec {

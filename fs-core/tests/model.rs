@@ -1921,3 +1921,144 @@ fn regression_crash_before_the_first_close_never_uploads_the_created_file() {
     let steps = [CreateOpen("f"), Sleep(200_000), Crash, Flush];
     run(&Setup::default(), &steps).unwrap();
 }
+
+#[test]
+fn regression_rename_over_a_file_whose_upload_is_queued_then_write_makes_a_conflict_copy() {
+    // `g` replaces `f` before `f`'s upload: the moved node takes what the provider has for `f`
+    // (nothing yet) as what its own upload at `f` will replace. `f`'s upload still runs, the
+    // rename is skipped (`g` never reached the provider: its commit is superseded by the
+    // write after the rename), and the write's upload, conditional on "nothing at `f`", finds
+    // `f`'s bytes there: a conflict copy.
+    let steps = [
+        wf("f", 5, 1),
+        wf("g", 5, 2),
+        Rename {
+            from: "g",
+            to: "f",
+            no_replace: false,
+        },
+        Overwrite {
+            path: "f",
+            offset: 0,
+            data: d(1, 3),
+        },
+        Flush,
+    ];
+    run(&slow(), &steps).unwrap();
+}
+
+#[test]
+fn regression_rename_over_a_file_whose_upload_is_queued_then_unlink_leaves_it_on_the_provider() {
+    // As above with an older version of `f` on the provider: the moved node expects that one at
+    // `f`, `f`'s queued upload replaces it, and the unlink's delete, conditional on the old
+    // version, is refused as "changed on the provider meanwhile": `f` stays there.
+    let steps = [
+        wf("f", 5, 1),
+        Flush,
+        Overwrite {
+            path: "f",
+            offset: 0,
+            data: d(1, 2),
+        },
+        wf("g", 5, 3),
+        Rename {
+            from: "g",
+            to: "f",
+            no_replace: false,
+        },
+        Unlink("f"),
+        Flush,
+    ];
+    run(&slow(), &steps).unwrap();
+}
+
+/// `g` (never uploaded: its upload is superseded by the write at the end) replaces `f`, then
+/// `h`, while their uploads are on their way (`h` was on the provider before if `h_uploaded`);
+/// a crash comes before any of it is done.
+fn renamed_twice_over_files_before_their_uploads(h_uploaded: bool) -> Result<(), String> {
+    let setup = Setup {
+        write_back_delay: Duration::from_millis(50),
+        slow_writes: Duration::from_millis(400),
+        walk_each_step: false,
+        ..Setup::default()
+    };
+    let mut steps = vec![wf("h", 5, 3)];
+    if h_uploaded {
+        steps.extend([
+            Flush,
+            Overwrite {
+                path: "h",
+                offset: 1,
+                data: d(1, 5),
+            },
+        ]);
+    }
+    steps.extend([
+        wf("f", 5, 1),
+        wf("g", 5, 2),
+        Rename {
+            from: "g",
+            to: "f",
+            no_replace: false,
+        },
+        Rename {
+            from: "f",
+            to: "h",
+            no_replace: false,
+        },
+        Overwrite {
+            path: "h",
+            offset: 0,
+            data: d(1, 4),
+        },
+        Sleep(200_000),
+        Crash,
+        Flush,
+    ]);
+    run(&setup, &steps)
+}
+
+#[test]
+fn regression_file_renamed_twice_over_files_before_their_uploads_stays_under_its_first_new_name() {
+    // After the crash `f`'s upload lands, the first rename finds no `g` and is skipped, so the
+    // provider's `f` stands for the moved file, and the second rename must move it over `h`. It
+    // was skipped instead: the moved file was taken to have what `h`'s upload reported (the
+    // last file it replaced), not what is at `f`, so the old `f` stayed on the provider.
+    renamed_twice_over_files_before_their_uploads(false).unwrap();
+    renamed_twice_over_files_before_their_uploads(true).unwrap();
+}
+
+#[test]
+fn rename_over_a_file_queued_across_a_clean_restart_then_write_replaces_it() {
+    // Offline: `g` is renamed over `f` (on the provider) and written; its upload under the old
+    // name is superseded, the rename and the write stay queued across a clean restart. The
+    // rename finds no `g` and is skipped; the write's upload must replace `f`, not conflict
+    // with it (after the restart, what `f` had is known only from the checkpoint).
+    let setup = Setup {
+        write_back_delay: Duration::ZERO,
+        walk_each_step: false,
+        ..Setup::default()
+    };
+    let steps = [
+        wf("f", 5, 1),
+        Flush,
+        Offline(true),
+        wf("g", 5, 2),
+        Rename {
+            from: "g",
+            to: "f",
+            no_replace: false,
+        },
+        Overwrite {
+            path: "f",
+            offset: 0,
+            data: d(1, 3),
+        },
+        Sleep(1_500_000),
+        CleanRestart,
+        Offline(false),
+        Check,
+        Flush,
+    ];
+    run(&setup, &steps).unwrap();
+}
