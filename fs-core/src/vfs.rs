@@ -206,41 +206,58 @@ impl Vfs {
             .enumerate()
             .map(|(i, (l, _))| (*l, i))
             .collect();
+        for (_, rec) in &records {
+            if let Record::Applied { lsn: target, .. } = rec {
+                applied.insert(*target);
+            }
+        }
+        let requeued = |lsn: Lsn, rec: &Record| {
+            !matches!(rec, Record::Applied { .. })
+                && lsn >= cp.applied_below
+                && !applied.contains(&lsn)
+        };
+        // Each node's records still to apply, counted before the replay (a checkpoint may have
+        // saved other counts): a node the replay detaches is kept as an orphan while it has
+        // some, as it was live, so that they are applied with what is known of it.
+        let mut queued: HashMap<NodeId, u32> = HashMap::new();
         for (lsn, rec) in &records {
+            if requeued(*lsn, rec) {
+                *queued.entry(rec.node()).or_default() += 1;
+            }
+        }
+        let pending_of = |id: NodeId| queued.get(&id).copied().unwrap_or(0);
+        for n in ns.nodes.values_mut() {
+            n.pending = pending_of(n.id);
+        }
+        for (lsn, rec) in &records {
+            if *lsn < cp.lsn {
+                continue;
+            }
             match rec {
                 Record::Applied {
                     lsn: target,
                     remote,
                 } => {
-                    applied.insert(*target);
-                    if *lsn >= cp.lsn {
-                        if let Some(&i) = by_lsn.get(target) {
-                            replay_applied(&mut ns, &records[i].1, remote.as_ref(), cfg.chunk_size);
-                        }
+                    if let Some(&i) = by_lsn.get(target) {
+                        replay_applied(&mut ns, &records[i].1, remote.as_ref(), cfg.chunk_size);
                     }
                 }
-                rec if *lsn >= cp.lsn => replay(&mut ns, rec),
-                _ => {}
+                rec => {
+                    replay(&mut ns, rec);
+                    if let Some(n) = ns.get_mut(rec.node()) {
+                        n.pending = pending_of(n.id);
+                    }
+                }
             }
-        }
-        // Counted afresh from the queue below (a checkpoint may have saved earlier counts).
-        for n in ns.nodes.values_mut() {
-            n.pending = 0;
         }
         ns.tombstones.clear();
         let mut queue = Queue::default();
         let now = Instant::now();
         for (lsn, rec) in &records {
-            if matches!(rec, Record::Applied { .. })
-                || *lsn < cp.applied_below
-                || applied.contains(lsn)
-            {
+            if !requeued(*lsn, rec) {
                 continue;
             }
             queue.push_recovered(*lsn, rec.clone(), now);
-            if let Some(n) = ns.get_mut(rec.node()) {
-                n.pending += 1;
-            }
             match rec {
                 Record::Remove { path, .. } => ns.add_tombstone(path.clone()),
                 Record::Rename { from, .. } => ns.add_tombstone(from.clone()),
