@@ -76,6 +76,13 @@ pub struct Namespace {
     /// Directories whose child map holds only entries made known by replaying the log (their
     /// listing was never known): they must be listed before they are answered from.
     pub partial: HashSet<NodeId>,
+    /// Files replaced by a rename that is not applied yet (see [`Replaced`]). Not persisted:
+    /// the replay of the log rebuilds it.
+    pub replaced: HashMap<NodeId, Replaced>,
+    /// Files renamed over another file with nothing of their own on the provider: their
+    /// `remote` is what the rename found at the new path when it was made, until a rename of
+    /// theirs is applied (see [`Namespace::rename_over_applied`]). Not persisted.
+    pub stand_ins: HashSet<NodeId>,
 }
 
 impl Namespace {
@@ -110,6 +117,8 @@ impl Namespace {
             next_id: 2,
             tombstones: HashMap::new(),
             partial: HashSet::new(),
+            replaced: HashMap::new(),
+            stand_ins: HashSet::new(),
         }
     }
 
@@ -269,6 +278,63 @@ impl Namespace {
                 Some(n) => cur = n.parent,
                 None => return false,
             }
+        }
+    }
+
+    /// `moved` is renamed over the file `replaced`. Without a version of its own on the
+    /// provider, the moved file takes the replaced one's: its next upload at the new path is
+    /// conditional on it, not a conflict with itself. That is what the provider has there when
+    /// the rename is made; the rename's application corrects it (see [`Replaced`]).
+    pub fn replace_by_rename(&mut self, moved: NodeId, replaced: NodeId) {
+        let Some(r) = self.nodes.get(&replaced) else {
+            return;
+        };
+        let remote = r.remote.clone();
+        let Some(m) = self.nodes.get_mut(&moved) else {
+            return;
+        };
+        if m.is_dir() {
+            // Directories replace only empty directories, removed first.
+            return;
+        }
+        if m.remote.is_none() {
+            m.remote = remote.clone();
+            self.stand_ins.insert(moved);
+        }
+        self.replaced
+            .insert(replaced, Replaced { by: moved, remote });
+    }
+
+    /// The provider reported `remote` for `id` (one of its records was applied).
+    pub fn reported(&mut self, id: NodeId, remote: &RemoteState) {
+        self.stand_ins.remove(&id);
+        if let Some(r) = self.replaced.get_mut(&id) {
+            r.remote = Some(remote.clone());
+        }
+    }
+
+    /// The rename of `moved` over `replaced` was applied; `moved_it`: it moved an object. If it
+    /// did not and the moved file had nothing on the provider (it never got there under its old
+    /// name), what the replaced file left at the path is what the moved file has there now. (If
+    /// it had an object, that vanished from the source: it keeps what it knew.)
+    pub fn rename_over_applied(&mut self, moved: NodeId, replaced: NodeId, moved_it: bool) {
+        let Some(r) = self.replaced.remove(&replaced) else {
+            return;
+        };
+        if !moved_it && self.stand_ins.contains(&moved) {
+            if r.remote.is_some() {
+                // An object at its path from now on: a later rename of it moves that one.
+                self.stand_ins.remove(&moved);
+            }
+            if let Some(n) = self.nodes.get_mut(&moved) {
+                n.remote = r.remote.clone();
+            }
+            if let Some(m) = self.replaced.get_mut(&moved) {
+                m.remote = r.remote;
+            }
+        }
+        if !self.replaced.values().any(|r| r.by == moved) {
+            self.stand_ins.remove(&moved);
         }
     }
 
@@ -449,6 +515,17 @@ impl Namespace {
             .as_ref()
             .is_some_and(|c| c.values().any(|&c| self.subtree_has_local_changes(c)))
     }
+}
+
+/// A file replaced by a rename that is not applied yet.
+#[derive(Clone, Debug)]
+pub struct Replaced {
+    /// The file moved over it.
+    pub by: NodeId,
+    /// What the provider has for it, kept up to date as its own queued records are applied (its
+    /// node may be gone meanwhile). When the rename finds nothing to move, this is what the
+    /// moved file has at the path: its next upload or delete there is conditional on it.
+    pub remote: Option<RemoteState>,
 }
 
 /// What a merge changed.

@@ -663,14 +663,8 @@ impl Vfs {
                 .and_then(|p| p.join(new_name))
                 .ok_or(FsError::NotFound)?;
             if let Some(t) = target {
-                // What the provider has at `to` is what the moved node will replace: its next
-                // upload there is conditional on that version (not a conflict with itself).
-                let replaced_remote = ns.get(t).and_then(|n| n.remote.clone());
-                if let Some(n) = ns.get_mut(id) {
-                    if n.remote.is_none() && !n.is_dir() {
-                        n.remote = replaced_remote;
-                    }
-                }
+                // What the provider has at `to` is what the moved node will replace.
+                ns.replace_by_rename(id, t);
                 // A replaced directory is removed on the provider first (it is empty).
                 if ns.get(t).is_some_and(|n| n.is_dir()) {
                     self.journal(

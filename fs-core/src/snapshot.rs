@@ -718,6 +718,8 @@ fn decode(body: &[u8]) -> Result<(Namespace, Checkpoint), Reason> {
             next_id,
             tombstones,
             partial: Default::default(),
+            replaced: Default::default(),
+            stand_ins: Default::default(),
         },
         cp,
     ))

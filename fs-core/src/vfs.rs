@@ -11,7 +11,8 @@
 //!    applied.
 //!
 //! After a crash, [`Vfs::open`] loads the last checkpoint, replays the log into the namespace,
-//! requeues what was not applied, and drops dirty chunks no committed record references.
+//! requeues what was not applied, drops dirty chunks no committed record references, and
+//! commits files created and never closed (as their close would have).
 //!
 //! # State of a file's data
 //! `Clean → Dirty (written, in the write buffer or dirty chunks) → Committed (close/fsync: a
@@ -205,41 +206,58 @@ impl Vfs {
             .enumerate()
             .map(|(i, (l, _))| (*l, i))
             .collect();
+        for (_, rec) in &records {
+            if let Record::Applied { lsn: target, .. } = rec {
+                applied.insert(*target);
+            }
+        }
+        let requeued = |lsn: Lsn, rec: &Record| {
+            !matches!(rec, Record::Applied { .. })
+                && lsn >= cp.applied_below
+                && !applied.contains(&lsn)
+        };
+        // Each node's records still to apply, counted before the replay (a checkpoint may have
+        // saved other counts): a node the replay detaches is kept as an orphan while it has
+        // some, as it was live, so that they are applied with what is known of it.
+        let mut queued: HashMap<NodeId, u32> = HashMap::new();
         for (lsn, rec) in &records {
+            if requeued(*lsn, rec) {
+                *queued.entry(rec.node()).or_default() += 1;
+            }
+        }
+        let pending_of = |id: NodeId| queued.get(&id).copied().unwrap_or(0);
+        for n in ns.nodes.values_mut() {
+            n.pending = pending_of(n.id);
+        }
+        for (lsn, rec) in &records {
+            if *lsn < cp.lsn {
+                continue;
+            }
             match rec {
                 Record::Applied {
                     lsn: target,
                     remote,
                 } => {
-                    applied.insert(*target);
-                    if *lsn >= cp.lsn {
-                        if let Some(&i) = by_lsn.get(target) {
-                            replay_applied(&mut ns, &records[i].1, remote.as_ref(), cfg.chunk_size);
-                        }
+                    if let Some(&i) = by_lsn.get(target) {
+                        replay_applied(&mut ns, &records[i].1, remote.as_ref(), cfg.chunk_size);
                     }
                 }
-                rec if *lsn >= cp.lsn => replay(&mut ns, rec),
-                _ => {}
+                rec => {
+                    replay(&mut ns, rec);
+                    if let Some(n) = ns.get_mut(rec.node()) {
+                        n.pending = pending_of(n.id);
+                    }
+                }
             }
-        }
-        // Counted afresh from the queue below (a checkpoint may have saved earlier counts).
-        for n in ns.nodes.values_mut() {
-            n.pending = 0;
         }
         ns.tombstones.clear();
         let mut queue = Queue::default();
         let now = Instant::now();
         for (lsn, rec) in &records {
-            if matches!(rec, Record::Applied { .. })
-                || *lsn < cp.applied_below
-                || applied.contains(lsn)
-            {
+            if !requeued(*lsn, rec) {
                 continue;
             }
             queue.push_recovered(*lsn, rec.clone(), now);
-            if let Some(n) = ns.get_mut(rec.node()) {
-                n.pending += 1;
-            }
             match rec {
                 Record::Remove { path, .. } => ns.add_tombstone(path.clone()),
                 Record::Rename { from, .. } => ns.add_tombstone(from.clone()),
@@ -284,6 +302,7 @@ impl Vfs {
             inner: Arc::new(inner),
         };
         vfs.restore_committed_chunks(&records)?;
+        vfs.commit_unclosed()?;
         tracing::info!(
             replayed = records.len(),
             queued = lock(&vfs.inner.queue).len(),
@@ -355,6 +374,45 @@ impl Vfs {
         let dropped = inner.cache.retain_dirty(|n| keep.contains(n))?;
         if dropped > 0 {
             tracing::info!(dropped, "dropped dirty chunks of writes never committed");
+        }
+        Ok(())
+    }
+
+    /// After a crash: files created and never closed (their writer died with the mount) are
+    /// committed as the replay left them, as their close would have done. A new file reaches the
+    /// provider only with a commit (its Create record is applied as "nothing to do yet"), so
+    /// without one the replayed file would stay on the drive and never reach the provider.
+    fn commit_unclosed(&self) -> FsResult<()> {
+        let mut ns = lock(&self.inner.ns);
+        let dirty: Vec<NodeId> = ns
+            .nodes
+            .values()
+            .filter(|n| n.dirty)
+            .map(|n| n.id)
+            .collect();
+        let mut journaled = false;
+        for id in dirty {
+            let path = ns.path_of(id);
+            let Some(n) = ns.get_mut(id) else { continue };
+            n.dirty = false;
+            let Some(path) = path.filter(|_| n.kind == FileKind::File) else {
+                continue;
+            };
+            let rec = Record::Commit {
+                path,
+                node: id,
+                content: n.content.clone(),
+                mtime: n.mtime,
+                inline: Vec::new(),
+            };
+            n.content.gen += 1;
+            self.journal(&mut ns, rec)?;
+            journaled = true;
+        }
+        drop(ns);
+        if journaled {
+            tracing::info!("committed files created and never closed before the crash");
+            self.log_to_os()?;
         }
         Ok(())
     }
@@ -618,14 +676,18 @@ fn replay(ns: &mut Namespace, rec: &Record) {
                 ns.detach(old);
             }
             let dir = matches!(rec, Record::Mkdir { .. });
-            ns.insert(new_node(
+            let mut n = new_node(
                 *node,
                 parent,
                 path.name(),
                 if dir { FileKind::Dir } else { FileKind::File },
                 *perm,
                 *mtime,
-            ));
+            );
+            // As `create` does: the empty file is a change its first close commits (a later
+            // Commit record clears this; without one, the open commits it).
+            n.dirty = !dir;
+            ns.insert(n);
         }
         Record::Symlink {
             path,
@@ -651,12 +713,7 @@ fn replay(ns: &mut Namespace, rec: &Record) {
                 return;
             };
             if let Some(r) = replaced {
-                let replaced_remote = ns.get(*r).and_then(|n| n.remote.clone());
-                if let Some(n) = ns.get_mut(*node) {
-                    if n.remote.is_none() && !n.is_dir() {
-                        n.remote = replaced_remote;
-                    }
-                }
+                ns.replace_by_rename(*node, *r);
                 ns.detach(*r);
             }
             if let Some(old) = ns.child(parent, to.name()) {
@@ -721,7 +778,21 @@ pub(crate) fn replay_applied(
     remote: Option<&(cache::Version, u64)>,
     chunk_size: u64,
 ) {
-    let Some(n) = ns.get_mut(rec.node()) else {
+    let id = rec.node();
+    if let Some((v, size)) = remote {
+        let state = RemoteState {
+            version: v.clone(),
+            size: *size,
+        };
+        ns.reported(id, &state);
+    }
+    if let Record::Rename {
+        replaced: Some(r), ..
+    } = rec
+    {
+        ns.rename_over_applied(id, *r, remote.is_some());
+    }
+    let Some(n) = ns.get_mut(id) else {
         return;
     };
     match rec {

@@ -331,14 +331,12 @@ fn read_journal(path: &Path) -> Round {
 }
 
 #[test]
-#[ignore = "known bug: after kill -9 and replay, a file that was renamed can stay on the remote under an earlier name too (the mount itself is right)"]
 fn kill9_during_fsynced_writes_loses_nothing_acknowledged() {
     crash_rounds(0.3, true);
 }
 
 /// The same without renames over existing files.
 #[test]
-#[ignore = "known bug: after kill -9 and replay, a file that was renamed can stay on the remote under an earlier name too (the mount itself is right)"]
 fn kill9_during_fsynced_writes_without_renames_over_files() {
     crash_rounds(0.0, true);
 }
