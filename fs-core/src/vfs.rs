@@ -691,14 +691,22 @@ fn replay(ns: &mut Namespace, rec: &Record) {
                 if let Some(old) = ns.child(parent, path.name()) {
                     ns.detach(old);
                 }
-                let mut n = new_node(*node, parent, path.name(), FileKind::File, 0o644, *mtime);
-                n.remote = content.base.as_ref().map(|b| RemoteState {
-                    version: b.version.clone(),
-                    size: b.size,
-                });
+                let n = new_node(*node, parent, path.name(), FileKind::File, 0o644, *mtime);
                 ns.insert(n);
             }
             if let Some(n) = ns.get_mut(*node) {
+                // The commit was made on the remote version its content names: that is what the
+                // provider had for the node then, and what its upload is conditional on. A
+                // listing may have told the drive of it after the last checkpoint (such news is
+                // not journaled), so the node's last replayed state may be older. A content
+                // without a base (a new file, or one renamed over another) keeps what the node
+                // knows.
+                if let Some(b) = &content.base {
+                    n.remote = Some(RemoteState {
+                        version: b.version.clone(),
+                        size: b.size,
+                    });
+                }
                 n.content = content.clone();
                 n.content.gen = content.gen + 1;
                 n.mtime = *mtime;

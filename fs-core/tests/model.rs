@@ -608,9 +608,9 @@ struct Tolerate {
     /// `regression_first_listing_of_an_uploaded_new_directory_is_stale`.)
     stale_listing_after_a_restart: bool,
     /// After a remote change, walk the drive (so it learns the change) and save a checkpoint,
-    /// so that a crash does not depend on replaying what only a listing told:
-    /// `regression_crash_after_writing_a_remotely_changed_file_makes_a_false_conflict` (and
-    /// once `regression_crash_loses_a_file_created_in_a_directory_learned_from_a_listing`,
+    /// so that a crash does not depend on replaying what only a listing told (once
+    /// `regression_crash_after_writing_a_remotely_changed_file_makes_a_false_conflict`,
+    /// `regression_crash_loses_a_file_created_in_a_directory_learned_from_a_listing`,
     /// `regression_crash_loses_a_write_to_a_file_learned_from_a_listing`).
     crash_after_a_remote_change: bool,
     /// Flush before a clean restart, so the checkpoint has nothing queued:
@@ -646,7 +646,7 @@ impl Tolerate {
     /// The known bugs still open.
     const ALL: Tolerate = Tolerate {
         stale_listing_after_a_restart: true,
-        crash_after_a_remote_change: true,
+        crash_after_a_remote_change: false,
         queued_records_counted_twice_after_restart: false,
         rename_over_before_upload: false,
         dirty_chunks_after_a_crash: false,
@@ -1848,14 +1848,14 @@ fn regression_extending_truncate_hides_remote_changes_forever() {
 }
 
 #[test]
-#[ignore = "core bug: after a crash, a closed write to a file changed remotely (and seen) before it becomes a conflict copy, and the file reads as zeros"]
 fn regression_crash_after_writing_a_remotely_changed_file_makes_a_false_conflict() {
-    // The drive saw `f` change remotely (v1 -> v2) and the write (O_TRUNC + write + close)
-    // was based on v2. After the crash, replaying the commits of the existing node keeps
-    // `remote` at v1 (its last Applied), so the upload of the truncate is conditional on v1,
-    // conflicts with v2 and goes to a 0-byte conflict copy; `resolve_conflict` then replaces
-    // the node's content with v2's although a later commit of it is still queued: the drive
-    // shows 5 zero bytes (the provider ends with the 7 bytes and the extra conflict copy).
+    // Was: the drive saw `f` change remotely (v1 -> v2, from a listing, which is not
+    // journaled) and the write (O_TRUNC + write + close) was based on v2. After the crash,
+    // replaying the commits of the existing node kept `remote` at v1 (its last Applied), so
+    // the upload of the truncate was conditional on v1, conflicted with v2 and went to a
+    // 0-byte conflict copy; `resolve_conflict` then replaced the node's content with v2's
+    // although a later commit of it was still queued: the drive showed 5 zero bytes. Fixed:
+    // replaying a commit takes the node's remote state from the base its content names.
     let steps = [
         wf("f", 3, 1),
         put("f", 5, 2),
