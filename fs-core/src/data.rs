@@ -16,7 +16,7 @@ use crate::error::{FsError, FsResult};
 use crate::journal::Record;
 use crate::provider::RemotePath;
 use crate::types::{FileKind, NodeId};
-use crate::vfs::{lock, Vfs};
+use crate::vfs::{lock, PendingPut, Vfs};
 
 /// Longest a writer waits for the uploader to free room in a full cache.
 const MAX_PRESSURE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -477,20 +477,37 @@ impl Vfs {
         {
             let mut pending = lock(&self.inner.pending_puts);
             for (k, b) in &keys {
-                pending.insert(k.clone(), b.clone());
+                pending.insert(
+                    k.clone(),
+                    PendingPut {
+                        data: b.clone(),
+                        released: None,
+                    },
+                );
             }
         }
         let vfs = self.clone();
         tokio::spawn(async move {
             for (key, data) in keys {
-                match vfs
+                let put = vfs
                     .inner
                     .cache
                     .put_async(key.clone(), data, PutKind::DirtyUnsynced)
-                    .await
-                {
+                    .await;
+                // A release that came while the put ran is carried out now that it is done.
+                let released = {
+                    let mut pending = lock(&vfs.inner.pending_puts);
+                    let released = pending.get(&key).and_then(|p| p.released);
+                    if put.is_ok() || released.is_some() {
+                        pending.remove(&key);
+                    }
+                    released
+                };
+                match put {
                     Ok(_) => {
-                        lock(&vfs.inner.pending_puts).remove(&key);
+                        if let Some(keep_clean) = released {
+                            vfs.release_now(&key, keep_clean);
+                        }
                     }
                     // Kept in memory (and inline in the log) until a later put or a restart.
                     Err(e) => {
@@ -503,7 +520,38 @@ impl Vfs {
 
     /// A committed small file's chunk not yet in the cache.
     pub(crate) fn pending_chunk(&self, key: &ChunkKey) -> Option<Bytes> {
-        lock(&self.inner.pending_puts).get(key).cloned()
+        lock(&self.inner.pending_puts)
+            .get(key)
+            .map(|p| p.data.clone())
+    }
+
+    /// A dirty chunk is no longer needed dirty: it becomes a clean cached copy (`keep_clean`:
+    /// the provider has its bytes and the content still names it) or is removed. A small
+    /// file's chunk whose put into the cache is still running is released once the put is
+    /// done (else the put would leave it dirty for good).
+    pub(crate) fn release_chunk(&self, key: &ChunkKey, keep_clean: bool) {
+        {
+            let mut pending = lock(&self.inner.pending_puts);
+            if let Some(p) = pending.get_mut(key) {
+                // Removal wins over keeping a clean copy.
+                p.released = Some(p.released.unwrap_or(true) && keep_clean);
+                return;
+            }
+        }
+        self.release_now(key, keep_clean);
+    }
+
+    fn release_now(&self, key: &ChunkKey, keep_clean: bool) {
+        let r = if keep_clean {
+            self.inner.cache.mark_clean(key)
+        } else {
+            self.inner.cache.remove(key)
+        };
+        if let Err(e) = r {
+            if !matches!(e, cache::CacheError::NotCached) {
+                tracing::warn!(error = %e, "could not release a chunk no longer needed dirty");
+            }
+        }
     }
 
     /// Puts chunk `i` of `node` as a dirty chunk of the file's current generation. While the

@@ -395,17 +395,7 @@ impl Vfs {
             self.sync_log().await?;
         }
         for (key, keep_clean) in released {
-            let r = if keep_clean {
-                inner.cache.mark_clean(&key)
-            } else {
-                lock(&inner.pending_puts).remove(&key);
-                inner.cache.remove(&key)
-            };
-            if let Err(e) = r {
-                if !matches!(e, cache::CacheError::NotCached) {
-                    tracing::warn!(error = %e, "could not release an uploaded chunk");
-                }
-            }
+            self.release_chunk(&key, keep_clean);
         }
         // Done only now: a flush that sees the queue empty finds the chunks released too.
         lock(&inner.queue).complete(lsn);

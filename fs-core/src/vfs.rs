@@ -110,7 +110,7 @@ pub(crate) struct Inner {
     pub bufs: Mutex<HashMap<NodeId, WriteBuf>>,
     /// Committed small files' chunks on their way into the cache (their bytes are inline in the
     /// log): readers and the uploader look here first.
-    pub pending_puts: Mutex<HashMap<ChunkKey, Bytes>>,
+    pub pending_puts: Mutex<HashMap<ChunkKey, PendingPut>>,
     /// Dirty chunks spilled without fsync, per file, synced by its next commit.
     pub unsynced: Mutex<HashMap<NodeId, Vec<ChunkKey>>>,
     pub node_locks: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
@@ -127,6 +127,13 @@ pub(crate) struct Inner {
     pub applied_epoch: AtomicU64,
     /// Set by [`Vfs::close`]: background tasks stop.
     pub shutdown: std::sync::atomic::AtomicBool,
+}
+
+/// A committed small file's chunk on its way into the cache.
+pub(crate) struct PendingPut {
+    pub data: Bytes,
+    /// Released while the put ran (`Some(keep_clean)`): carried out once the put is done.
+    pub released: Option<bool>,
 }
 
 /// The file system. Cheap to clone (shared state).
@@ -545,11 +552,7 @@ impl Vfs {
         lock(&self.inner.unsynced).remove(&n.id);
         let oid = n.object_id();
         for (&i, &g) in &n.content.local {
-            let key = local_key(&oid, g, i);
-            lock(&self.inner.pending_puts).remove(&key);
-            if let Err(e) = self.inner.cache.remove(&key) {
-                tracing::warn!(error = %e, "could not drop the data of a removed file");
-            }
+            self.release_chunk(&local_key(&oid, g, i), false);
         }
     }
 
