@@ -8,7 +8,9 @@
 //! Uploads are conditional on the version the file was based on (`IfMatch`, or `IfNotExists` for
 //! a new file). When the provider has another version, the remote one stays at the name and the
 //! local one is written beside it as `NAME.conflict-<host>-<YYYYMMDD-HHMMSS>[-N].EXT`: nothing
-//! is silently overwritten.
+//! is silently overwritten. Commits of the file still queued were based on the same version, so
+//! the node keeps its content and remote state until the last of them conflicted too (see
+//! `replay_applied`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
@@ -80,6 +82,13 @@ impl Queue {
         if let Some(e) = self.entries.get_mut(&lsn) {
             e.recovered = true;
         }
+    }
+
+    /// Whether a commit of `node` is queued after `lsn`.
+    fn commit_queued_after(&self, lsn: Lsn, node: NodeId) -> bool {
+        self.entries
+            .range(lsn + 1..)
+            .any(|(_, e)| matches!(&e.rec, Record::Commit { node: n, .. } if *n == node))
     }
 
     /// Whether a record after `lsn` puts something new at `path`.
@@ -213,6 +222,9 @@ impl Queue {
 enum Outcome {
     /// Done; the provider now has this for the node (if it said).
     Applied(Option<RemoteEntry>),
+    /// Done as a conflict: the provider keeps this other version at the name, and the local
+    /// content was written to a conflict copy beside it.
+    Conflict(RemoteEntry),
     /// Nothing to do any more (superseded, already there, or not on the provider).
     Skipped,
 }
@@ -314,11 +326,12 @@ impl Vfs {
         };
         match result {
             Ok(outcome) => {
-                let remote = match outcome {
-                    Outcome::Applied(Some(e)) => Some((e.version, e.size)),
-                    Outcome::Applied(None) | Outcome::Skipped => None,
+                let (remote, conflict) = match outcome {
+                    Outcome::Applied(Some(e)) => (Some((e.version, e.size)), false),
+                    Outcome::Conflict(e) => (Some((e.version, e.size)), true),
+                    Outcome::Applied(None) | Outcome::Skipped => (None, false),
                 };
-                if let Err(e) = self.finish(lsn, &rec, remote).await {
+                if let Err(e) = self.finish(lsn, &rec, remote, conflict).await {
                     self.set_error(&e);
                     tracing::error!(error = %e, lsn, "could not record an applied operation");
                 }
@@ -350,6 +363,7 @@ impl Vfs {
         lsn: Lsn,
         rec: &Record,
         remote: Option<(cache::Version, u64)>,
+        conflict: bool,
     ) -> Result<(), FsError> {
         let inner = &self.inner;
         let (released, gone) = {
@@ -360,11 +374,22 @@ impl Vfs {
                     &Record::Applied {
                         lsn,
                         remote: remote.clone(),
+                        conflict,
                     }
                     .encode(),
                 )
                 .map_err(FsError::io)?;
-            replay_applied(&mut ns, rec, remote.as_ref(), inner.cfg.chunk_size);
+            // What replay does with the marker: whether later commits of the node are queued
+            // is what replay finds between the record and its marker in the log.
+            let later = lock(&inner.queue).commit_queued_after(lsn, rec.node());
+            replay_applied(
+                &mut ns,
+                rec,
+                remote.as_ref(),
+                conflict,
+                later,
+                inner.cfg.chunk_size,
+            );
             inner.applied_epoch.fetch_add(1, Ordering::SeqCst);
             let id = rec.node();
             if let Some(n) = ns.get_mut(id) {
@@ -388,6 +413,9 @@ impl Vfs {
         };
         if let Some(n) = gone {
             self.forget_node_data(&n);
+        }
+        if conflict {
+            self.invalidate_inode(rec.node());
         }
         if released.is_empty() {
             self.log_to_os()?;
@@ -687,15 +715,15 @@ impl Vfs {
                 return Ok(Outcome::Applied(Some(cur.clone())));
             }
         }
-        if current.is_none() {
+        let Some(cur) = current else {
             // Deleted remotely: the local data is kept, at its name.
             let body = self.body(path.clone(), oid.clone(), content.clone());
             let e = p
                 .write(path, body, content.size, Precondition::IfNotExists, attrs)
                 .await?;
             return Ok(Outcome::Applied(Some(e)));
-        }
-        let _ = known;
+        };
+        let _ = (known, node);
         let mut n = 1;
         loop {
             let name = conflict_name(path.name(), &self.inner.hostname, SystemTime::now(), n);
@@ -719,22 +747,8 @@ impl Vfs {
                     self.set_error(format!(
                         "conflict: {path} kept, local version saved as {cpath}"
                     ));
-                    // The node now shows the remote version; the copy appears on the next listing.
-                    let cur = current.clone();
-                    {
-                        let mut ns = lock(&self.inner.ns);
-                        if let (Some(nd), Some(cur)) = (ns.get_mut(node), cur.as_ref()) {
-                            nd.content = Content::remote(cur.version.clone(), cur.size);
-                            nd.cached_version = None;
-                        }
-                        if let Some(parent) = ns.get(node).map(|nd| nd.parent) {
-                            if let Some(d) = ns.get_mut(parent) {
-                                d.listed_at = None;
-                            }
-                        }
-                    }
-                    self.invalidate_inode(node);
-                    return Ok(Outcome::Applied(current));
+                    // What the node shows now is for `finish` to decide (`replay_applied`).
+                    return Ok(Outcome::Conflict(cur));
                 }
                 Err(ProviderError::AlreadyExists(_) | ProviderError::PreconditionFailed { .. })
                     if n < 100 =>

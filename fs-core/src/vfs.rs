@@ -212,16 +212,30 @@ impl Vfs {
             .enumerate()
             .map(|(i, (l, _))| (*l, i))
             .collect();
-        for (lsn, rec) in &records {
+        for (p, (lsn, rec)) in records.iter().enumerate() {
             match rec {
                 Record::Applied {
                     lsn: target,
                     remote,
+                    conflict,
                 } => {
                     applied.insert(*target);
                     if *lsn >= cp.lsn {
-                        if let Some(&i) = by_lsn.get(target) {
-                            replay_applied(&mut ns, &records[i].1, remote.as_ref(), cfg.chunk_size);
+                        if let Some(&i) = by_lsn.get(target).filter(|&&i| i < p) {
+                            // Commits of the node journaled between the record and its marker
+                            // were queued when the marker was journaled.
+                            let node = records[i].1.node();
+                            let later = records[i + 1..p].iter().any(
+                                |(_, r)| matches!(r, Record::Commit { node: n, .. } if *n == node),
+                            );
+                            replay_applied(
+                                &mut ns,
+                                &records[i].1,
+                                remote.as_ref(),
+                                *conflict,
+                                later,
+                                cfg.chunk_size,
+                            );
                         }
                     }
                 }
@@ -720,14 +734,48 @@ fn replay(ns: &mut Namespace, rec: &Record) {
     }
 }
 
-/// Replays the provider's answer to an applied record into the namespace.
+/// Replays the provider's answer to an applied record into the namespace (live, the uploader
+/// calls it when a record is done; after a crash, replay calls it for each `Applied` marker).
+///
+/// A conflict (`conflict`: the provider had another version, `remote`, which stays at the name;
+/// the local content went to a conflict copy) makes the node show that version, unless later
+/// commits of it are queued (`later`) or it has writes not committed yet: those were made on
+/// the same older version, so they keep the node's content and remote state as they are and
+/// conflict in turn, rather than overwrite the remote change or be dropped.
 pub(crate) fn replay_applied(
     ns: &mut Namespace,
     rec: &Record,
     remote: Option<&(cache::Version, u64)>,
+    conflict: bool,
+    later: bool,
     chunk_size: u64,
 ) {
-    let Some(n) = ns.get_mut(rec.node()) else {
+    let id = rec.node();
+    if conflict {
+        let Some(n) = ns.get_mut(id) else {
+            return;
+        };
+        if let Some((v, size)) = remote {
+            if n.kind == FileKind::File && !later && !n.dirty {
+                // New writes still go to fresh generations.
+                let gen = n.content.gen;
+                n.content = Content::remote(v.clone(), *size);
+                n.content.gen = gen;
+                n.remote = Some(RemoteState {
+                    version: v.clone(),
+                    size: *size,
+                });
+                n.cached_version = None;
+            }
+        }
+        // The conflict copy shows on the next listing.
+        let parent = n.parent;
+        if let Some(d) = ns.get_mut(parent) {
+            d.listed_at = None;
+        }
+        return;
+    }
+    let Some(n) = ns.get_mut(id) else {
         return;
     };
     match rec {

@@ -262,3 +262,51 @@ async fn a_file_three_times_the_cache_is_written_and_read_within_the_limit() {
     assert_eq!(read_all(&vfs, attr.ino).await, big);
     assert!(cache.usage().used_bytes <= limit);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_keeps_every_local_commit_and_the_remote_change() {
+    // Two commits of `f` are queued when a crash comes (after it both are uploaded, being
+    // recovered); meanwhile `f` changed on the provider. The first upload conflicts: its
+    // content goes to a conflict copy. The second one was made on the same old version: it
+    // must conflict too, not overwrite the remote change (it did once the first conflict had
+    // taken the remote version as the node's), and the drive shows the remote version at the
+    // name in the end.
+    let d = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryProvider::new());
+    let (first, second, theirs) = (data(100, 1), data(70_000, 2), data(50, 3));
+    {
+        let vfs = Vfs::new(cfg(), open_cache(d.path()), mem.clone()).unwrap();
+        vfs.spawn_uploader();
+        write_file(&vfs, NodeId::ROOT, "f", b"original").await;
+        vfs.flush_all(Duration::from_secs(10)).await.unwrap();
+    }
+    {
+        let mut c = cfg();
+        c.write_back_delay = Duration::from_secs(3600);
+        let vfs = Vfs::new(c, open_cache(d.path()), mem.clone()).unwrap();
+        vfs.spawn_uploader();
+        write_file(&vfs, NodeId::ROOT, "f", &first).await;
+        write_file(&vfs, NodeId::ROOT, "f", &second).await;
+        // "Crash".
+    }
+    mem.put_file("f", &theirs);
+    let vfs = Vfs::new(cfg(), open_cache(d.path()), mem.clone()).unwrap();
+    vfs.spawn_uploader();
+    vfs.flush_all(Duration::from_secs(10)).await.unwrap();
+    let snap = mem.snapshot();
+    assert_eq!(snap.get("f"), Some(&SnapshotEntry::File(theirs.clone())));
+    let copies: Vec<&Vec<u8>> = snap
+        .iter()
+        .filter(|(k, _)| k.starts_with("f.conflict-"))
+        .map(|(_, e)| match e {
+            SnapshotEntry::File(b) => b,
+            e => panic!("{e:?}"),
+        })
+        .collect();
+    assert_eq!(copies.len(), 2, "{:?}", snap.keys().collect::<Vec<_>>());
+    assert!(copies.contains(&&first) && copies.contains(&&second));
+    let f = vfs.lookup(NodeId::ROOT, "f").await.unwrap();
+    assert_eq!(read_all(&vfs, f.ino).await, theirs);
+    assert_eq!(vfs.cache().usage().dirty_chunks, 0);
+    assert_eq!(vfs.status().conflicts, 2);
+}
