@@ -11,6 +11,10 @@
 //! is silently overwritten. Commits of the file still queued were based on the same version, so
 //! the node keeps its content and remote state until the last of them conflicted too (see
 //! `replay_applied`).
+//!
+//! When an upload of a file is done, its content and its commits still queued are rebased on
+//! the new version together (`replay_applied`), so that each later upload is compared with a
+//! content of the same frame and reads base chunks of a version the provider has.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
@@ -45,6 +49,9 @@ struct Entry {
     retry_at: Option<Instant>,
     /// Queued again at start: it may have been applied before a crash.
     recovered: bool,
+    /// A commit whose content followed an upload of its file done since it was journaled (see
+    /// `replay_applied`): it differs from the log's, so checkpoints save it.
+    rebased: bool,
 }
 
 /// Records waiting for the provider.
@@ -71,24 +78,48 @@ impl Queue {
                 attempts: 0,
                 retry_at: None,
                 recovered: false,
+                rebased: false,
             },
         );
     }
 
     /// Queues a record found unapplied in the log at start (it may have been applied before the
-    /// crash, its marker lost).
-    pub fn push_recovered(&mut self, lsn: Lsn, rec: Record, ready: Instant) {
+    /// crash, its marker lost). `rebased`: a commit whose content is not the log's (it followed
+    /// uploads of its file, see `replay_applied`).
+    pub fn push_recovered(&mut self, lsn: Lsn, rec: Record, ready: Instant, rebased: bool) {
         self.push(lsn, rec, ready);
         if let Some(e) = self.entries.get_mut(&lsn) {
             e.recovered = true;
+            e.rebased = rebased;
         }
     }
 
-    /// Whether a commit of `node` is queued after `lsn`.
-    fn commit_queued_after(&self, lsn: Lsn, node: NodeId) -> bool {
+    /// Queued commits whose content is not the log's, for a checkpoint.
+    pub fn rebased_commits(&self) -> Vec<(Lsn, Content)> {
         self.entries
-            .range(lsn + 1..)
-            .any(|(_, e)| matches!(&e.rec, Record::Commit { node: n, .. } if *n == node))
+            .iter()
+            .filter(|(_, e)| e.rebased)
+            .filter_map(|(lsn, e)| match &e.rec {
+                Record::Commit { content, .. } => Some((*lsn, content.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The contents of the commits of `node` queued after `lsn`, with their `rebased` flags.
+    fn later_commits(&mut self, lsn: Lsn, node: NodeId) -> (Vec<&mut Content>, Vec<&mut bool>) {
+        self.entries
+            .range_mut(lsn + 1..)
+            .filter_map(|(_, e)| {
+                let Entry { rec, rebased, .. } = e;
+                match rec {
+                    Record::Commit {
+                        node: n, content, ..
+                    } if *n == node => Some((content, rebased)),
+                    _ => None,
+                }
+            })
+            .unzip()
     }
 
     /// Whether a record after `lsn` puts something new at `path`.
@@ -379,17 +410,23 @@ impl Vfs {
                     .encode(),
                 )
                 .map_err(FsError::io)?;
-            // What replay does with the marker: whether later commits of the node are queued
-            // is what replay finds between the record and its marker in the log.
-            let later = lock(&inner.queue).commit_queued_after(lsn, rec.node());
-            replay_applied(
-                &mut ns,
-                rec,
-                remote.as_ref(),
-                conflict,
-                later,
-                inner.cfg.chunk_size,
-            );
+            {
+                // What replay does with the marker, with the commits of the node queued after
+                // this record (the same that replay finds between the two in the log).
+                let mut q = lock(&inner.queue);
+                let (mut later, flags) = q.later_commits(lsn, rec.node());
+                let changed = replay_applied(
+                    &mut ns,
+                    rec,
+                    remote.as_ref(),
+                    conflict,
+                    &mut later,
+                    inner.cfg.chunk_size,
+                );
+                for (f, c) in flags.into_iter().zip(changed) {
+                    *f |= c;
+                }
+            }
             inner.applied_epoch.fetch_add(1, Ordering::SeqCst);
             let id = rec.node();
             if let Some(n) = ns.get_mut(id) {
@@ -441,6 +478,8 @@ impl Vfs {
     ) -> Vec<(cache::ChunkKey, bool)> {
         let q = lock(&self.inner.queue);
         let mut needed_dirty = BTreeSet::new();
+        // Cached copies of base chunks that queued commits still read.
+        let mut queued_alias = BTreeSet::new();
         for (_, e) in q.entries.iter().filter(|(l, _)| **l != lsn) {
             if let Record::Commit {
                 node: n, content, ..
@@ -448,6 +487,7 @@ impl Vfs {
             {
                 if *n == node {
                     needed_dirty.extend(content.local.iter().map(|(i, g)| (*i, *g)));
+                    queued_alias.extend(content.alias.iter().map(|(i, g)| (*i, *g)));
                 }
             }
         }
@@ -477,7 +517,10 @@ impl Vfs {
             .iter()
             .map(|(i, g)| (*i, *g))
             .filter(|c| !needed_dirty.contains(c))
-            .map(|(i, g)| (local_key(&oid, g, i), current_alias.contains(&(i, g))))
+            .map(|c| {
+                let clean = current_alias.contains(&c) || queued_alias.contains(&c);
+                (local_key(&oid, c.1, c.0), clean)
+            })
             .collect()
     }
 

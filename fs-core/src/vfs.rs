@@ -10,8 +10,9 @@
 //! 3. A checkpoint (`snapshot.rs`) saves the namespace; the log before it is discarded once
 //!    applied.
 //!
-//! After a crash, [`Vfs::open`] loads the last checkpoint, replays the log into the namespace,
-//! requeues what was not applied, and drops dirty chunks no committed record references.
+//! After a crash, [`Vfs::open`] loads the last checkpoint, replays the log into the namespace
+//! (queued commits following the uploads of their file as they did live), requeues what was not
+//! applied, and drops dirty chunks no committed record references.
 //!
 //! # State of a file's data
 //! `Clean → Dirty (written, in the write buffer or dirty chunks) → Committed (close/fsync: a
@@ -212,34 +213,61 @@ impl Vfs {
             .enumerate()
             .map(|(i, (l, _))| (*l, i))
             .collect();
-        for (p, (lsn, rec)) in records.iter().enumerate() {
-            match rec {
+        // Queued commits whose content followed uploads done before the checkpoint: as the
+        // checkpoint saved them (the log has them as they were journaled).
+        let mut rebased = vec![false; records.len()];
+        for (lsn, content) in &cp.rebased {
+            if let Some(&i) = by_lsn.get(lsn) {
+                if let Record::Commit { content: c, .. } = &mut records[i].1 {
+                    *c = content.clone();
+                    rebased[i] = true;
+                }
+            }
+        }
+        for p in 0..records.len() {
+            let lsn = records[p].0;
+            match &records[p].1 {
                 Record::Applied {
                     lsn: target,
                     remote,
                     conflict,
                 } => {
                     applied.insert(*target);
-                    if *lsn >= cp.lsn {
-                        if let Some(&i) = by_lsn.get(target).filter(|&&i| i < p) {
-                            // Commits of the node journaled between the record and its marker
-                            // were queued when the marker was journaled.
-                            let node = records[i].1.node();
-                            let later = records[i + 1..p].iter().any(
-                                |(_, r)| matches!(r, Record::Commit { node: n, .. } if *n == node),
-                            );
-                            replay_applied(
-                                &mut ns,
-                                &records[i].1,
-                                remote.as_ref(),
-                                *conflict,
-                                later,
-                                cfg.chunk_size,
-                            );
-                        }
+                    let Some(&i) = by_lsn.get(target).filter(|&&i| i < p) else {
+                        continue;
+                    };
+                    if lsn < cp.lsn {
+                        continue;
+                    }
+                    let (remote, conflict) = (remote.clone(), *conflict);
+                    // The commits of the same node journaled between the record and its marker
+                    // were queued when the marker was journaled: they follow as they did then.
+                    let (head, tail) = records.split_at_mut(i + 1);
+                    let rec = &head[i].1;
+                    let node = rec.node();
+                    let (mut later, idx): (Vec<&mut Content>, Vec<usize>) = tail[..p - i - 1]
+                        .iter_mut()
+                        .enumerate()
+                        .filter_map(|(k, (_, r))| match r {
+                            Record::Commit {
+                                node: n, content, ..
+                            } if *n == node => Some((content, i + 1 + k)),
+                            _ => None,
+                        })
+                        .unzip();
+                    let changed = replay_applied(
+                        &mut ns,
+                        rec,
+                        remote.as_ref(),
+                        conflict,
+                        &mut later,
+                        cfg.chunk_size,
+                    );
+                    for (k, c) in idx.into_iter().zip(changed) {
+                        rebased[k] |= c;
                     }
                 }
-                rec if *lsn >= cp.lsn => replay(&mut ns, rec),
+                rec if lsn >= cp.lsn => replay(&mut ns, rec),
                 _ => {}
             }
         }
@@ -250,14 +278,14 @@ impl Vfs {
         ns.tombstones.clear();
         let mut queue = Queue::default();
         let now = Instant::now();
-        for (lsn, rec) in &records {
+        for (k, (lsn, rec)) in records.iter().enumerate() {
             if matches!(rec, Record::Applied { .. })
                 || *lsn < cp.applied_below
                 || applied.contains(lsn)
             {
                 continue;
             }
-            queue.push_recovered(*lsn, rec.clone(), now);
+            queue.push_recovered(*lsn, rec.clone(), now, rebased[k]);
             if let Some(n) = ns.get_mut(rec.node()) {
                 n.pending += 1;
             }
@@ -354,8 +382,13 @@ impl Vfs {
                     ns.get(*node).map(|n| n.object_id())
                 }
                 .unwrap_or_else(|| cache::ObjectId::from(format!("n{}.0", node.0)));
-                for (i, g) in content.local_chunks() {
+                for (&i, &g) in &content.local {
                     keep.insert(inner.cache.name_of(&local_key(&oid, g, i)));
+                }
+                // Cached copies of what the provider has (an upload of the file finished
+                // after this commit was journaled): needed clean, not dirty.
+                for (&i, &g) in &content.alias {
+                    clean.push(local_key(&oid, g, i));
                 }
                 for (i, data) in inline {
                     let Some(g) = gen_of(*i) else { continue };
@@ -447,6 +480,7 @@ impl Vfs {
                     .copied()
                     .filter(|l| *l >= applied_below)
                     .collect(),
+                rebased: q.rebased_commits(),
             };
             let bytes = store
                 .save(&dir, &inner.cache, &ns, &cp)
@@ -737,26 +771,35 @@ fn replay(ns: &mut Namespace, rec: &Record) {
 /// Replays the provider's answer to an applied record into the namespace (live, the uploader
 /// calls it when a record is done; after a crash, replay calls it for each `Applied` marker).
 ///
+/// `later` are the contents of the commits of the same node journaled after `rec` and still
+/// queued when its marker was journaled. They follow the node's content into the new frame (a
+/// commit's upload rebases them on it too; a rename's or attribute change's new version
+/// replaces the old one in their base), so that every queued commit stays an earlier state of
+/// the node's content in the same frame, which is what [`Content::rebase`] reasons with, and
+/// their uploads read base chunks of a version the provider still has. Returns, for each of
+/// `later`, whether it changed.
+///
 /// A conflict (`conflict`: the provider had another version, `remote`, which stays at the name;
 /// the local content went to a conflict copy) makes the node show that version, unless later
-/// commits of it are queued (`later`) or it has writes not committed yet: those were made on
-/// the same older version, so they keep the node's content and remote state as they are and
-/// conflict in turn, rather than overwrite the remote change or be dropped.
+/// commits of it are queued or it has writes not committed yet: those were made on the same
+/// older version, so they keep the node's content and remote state as they are and conflict in
+/// turn, rather than overwrite the remote change or be dropped.
 pub(crate) fn replay_applied(
     ns: &mut Namespace,
     rec: &Record,
     remote: Option<&(cache::Version, u64)>,
     conflict: bool,
-    later: bool,
+    later: &mut [&mut Content],
     chunk_size: u64,
-) {
+) -> Vec<bool> {
+    let mut changed = vec![false; later.len()];
     let id = rec.node();
     if conflict {
         let Some(n) = ns.get_mut(id) else {
-            return;
+            return changed;
         };
         if let Some((v, size)) = remote {
-            if n.kind == FileKind::File && !later && !n.dirty {
+            if n.kind == FileKind::File && later.is_empty() && !n.dirty {
                 // New writes still go to fresh generations.
                 let gen = n.content.gen;
                 n.content = Content::remote(v.clone(), *size);
@@ -773,15 +816,34 @@ pub(crate) fn replay_applied(
         if let Some(d) = ns.get_mut(parent) {
             d.listed_at = None;
         }
-        return;
+        return changed;
+    }
+    if let (Record::Commit { content, .. }, Some((v, _))) = (rec, remote) {
+        for (c, ch) in later.iter_mut().zip(changed.iter_mut()) {
+            *ch = c.rebase(content, v.clone(), chunk_size);
+            if !*ch {
+                tracing::warn!(node = id.0, "a queued commit could not follow an upload");
+            }
+        }
     }
     let Some(n) = ns.get_mut(id) else {
-        return;
+        return changed;
     };
     match rec {
         Record::Commit { content, .. } => {
             if let Some((v, size)) = remote {
-                n.content.rebase(content, v.clone(), chunk_size);
+                if !n.content.rebase(content, v.clone(), chunk_size) {
+                    // Not in the frame of the commit (a log or checkpoint from before queued
+                    // commits were rebased): if nothing was written since, the file is the
+                    // uploaded state all the same.
+                    let unchanged = n.content.gen == content.gen + 1 && !n.dirty;
+                    tracing::warn!(node = id.0, unchanged, "upload in another frame");
+                    if unchanged {
+                        let gen = n.content.gen;
+                        n.content = Content::settled(content, v.clone(), chunk_size);
+                        n.content.gen = gen;
+                    }
+                }
                 n.remote = Some(RemoteState {
                     version: v.clone(),
                     size: *size,
@@ -804,10 +866,18 @@ pub(crate) fn replay_applied(
         _ => {
             if let Some((v, size)) = remote {
                 if n.kind == FileKind::File {
-                    if let (Some(b), Some(r)) = (n.content.base.as_mut(), n.remote.as_ref()) {
+                    if let Some(old) = n.remote.as_ref().map(|r| r.version.clone()) {
                         // Same bytes under a new version (rename, attributes).
-                        if b.version == r.version {
-                            b.version = v.clone();
+                        let follow = |c: &mut Content| match c.base.as_mut() {
+                            Some(b) if b.version == old => {
+                                b.version = v.clone();
+                                true
+                            }
+                            _ => false,
+                        };
+                        follow(&mut n.content);
+                        for (c, ch) in later.iter_mut().zip(changed.iter_mut()) {
+                            *ch = follow(c);
                         }
                     }
                 }
@@ -818,6 +888,7 @@ pub(crate) fn replay_applied(
             }
         }
     }
+    changed
 }
 
 pub(crate) fn new_node(
