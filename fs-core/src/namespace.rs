@@ -140,6 +140,11 @@ impl Namespace {
                 return None;
             }
             names.push(n.name.as_str());
+            if names.len() > self.nodes.len() {
+                // A cycle of parents (a bug): no path, rather than a walk that never ends.
+                tracing::error!(node = id.0, "the node's parents form a cycle");
+                return None;
+            }
             cur = n.parent;
         }
         let mut p = RemotePath::root();
@@ -258,7 +263,7 @@ impl Namespace {
     /// Whether `ancestor` is `id` or one of its ancestors.
     pub fn is_ancestor(&self, ancestor: NodeId, id: NodeId) -> bool {
         let mut cur = id;
-        loop {
+        for _ in 0..=self.nodes.len() {
             if cur == ancestor {
                 return true;
             }
@@ -270,6 +275,9 @@ impl Namespace {
                 None => return false,
             }
         }
+        // A cycle of parents (a bug): answered as if it were, so that nothing moves into it.
+        tracing::error!(node = id.0, "the node's parents form a cycle");
+        true
     }
 
     pub fn add_tombstone(&mut self, path: RemotePath) {

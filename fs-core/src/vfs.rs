@@ -213,6 +213,23 @@ impl Vfs {
             .enumerate()
             .map(|(i, (l, _))| (*l, i))
             .collect();
+        // Directories that records need but the namespace does not know (learned from a
+        // listing after the checkpoint; such news is not journaled) are made during replay with
+        // ids of their own: above every id the log names, which live were allocated after the
+        // checkpoint's `next_id` too (a collision made a node its own parent).
+        let log_max = records
+            .iter()
+            .flat_map(|(_, r)| match r {
+                Record::Rename {
+                    node,
+                    replaced: Some(t),
+                    ..
+                } => vec![node.0, t.0],
+                r => vec![r.node().0],
+            })
+            .max()
+            .unwrap_or(0);
+        ns.next_id = ns.next_id.max(log_max + 1);
         // Queued commits whose content followed uploads done before the checkpoint: as the
         // checkpoint saved them (the log has them as they were journaled).
         let mut rebased = vec![false; records.len()];
