@@ -5,8 +5,9 @@
 //!
 //! Encoding v2 (inside the WAL's sealed payload): `u8 tag | fields`, integers little endian,
 //! strings and byte strings as `u32 len | bytes`, times as `i64 seconds | u32 nanos` since the
-//! epoch, options as `u8 0|1 | value`. v2 added tag 9 (an `Applied` marker of a conflict) to
-//! v1; a v1 log is a valid v2 log. Documented in docs/WAL_FORMAT.md; golden test below.
+//! epoch, options as `u8 0|1 | value`. v2 added tags 9 (an `Applied` marker of a conflict) and
+//! 10 (`Learned`) to v1; a v1 log is a valid v2 log. Documented in docs/WAL_FORMAT.md; golden
+//! test below.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -78,6 +79,13 @@ pub enum Record {
         remote: Option<(Version, u64)>,
         conflict: bool,
     },
+    /// A listing showed that the provider has another version, `remote`, of the node (a file,
+    /// whose content is now that version, or a symlink). Nothing to apply: later records of the
+    /// node are conditional on that version, so replay must know it.
+    Learned {
+        node: NodeId,
+        remote: (Version, u64),
+    },
 }
 
 impl Record {
@@ -89,7 +97,8 @@ impl Record {
             | Record::Remove { node, .. }
             | Record::Rename { node, .. }
             | Record::SetAttr { node, .. }
-            | Record::Commit { node, .. } => *node,
+            | Record::Commit { node, .. }
+            | Record::Learned { node, .. } => *node,
             Record::Applied { .. } => NodeId(0),
         }
     }
@@ -105,6 +114,7 @@ impl Record {
             Record::SetAttr { .. } => "setattr",
             Record::Commit { .. } => "commit",
             Record::Applied { .. } => "applied",
+            Record::Learned { .. } => "learned",
         }
     }
 
@@ -118,7 +128,7 @@ impl Record {
             | Record::Remove { path, .. }
             | Record::SetAttr { path, .. }
             | Record::Commit { path, .. } => vec![path],
-            Record::Applied { .. } => vec![],
+            Record::Applied { .. } | Record::Learned { .. } => vec![],
         }
     }
 }
@@ -138,6 +148,8 @@ const T_COMMIT: u8 = 7;
 const T_APPLIED: u8 = 8;
 /// Since encoding v2: an `Applied` marker with `conflict` set (same fields as `T_APPLIED`).
 const T_CONFLICT: u8 = 9;
+/// Since encoding v2.
+const T_LEARNED: u8 = 10;
 
 struct W(Vec<u8>);
 
@@ -408,6 +420,15 @@ impl Record {
                     w.u64(*size);
                 });
             }
+            Record::Learned {
+                node,
+                remote: (v, size),
+            } => {
+                w.u8(T_LEARNED);
+                w.u64(node.0);
+                w.bytes(v.as_bytes());
+                w.u64(*size);
+            }
         }
         w.0
     }
@@ -473,6 +494,10 @@ impl Record {
                 lsn: r.u64()?,
                 remote: r.opt(|r| Ok((Version::from(r.bytes()?), r.u64()?)))?,
                 conflict: tag == T_CONFLICT,
+            },
+            T_LEARNED => Record::Learned {
+                node: NodeId(r.u64()?),
+                remote: (Version::from(r.bytes()?), r.u64()?),
             },
             _ => return Err(DecodeError("unknown record type")),
         };
@@ -555,6 +580,10 @@ mod tests {
                 remote: Some((Version::from("v3"), 1)),
                 conflict: true,
             },
+            Record::Learned {
+                node: NodeId(5),
+                remote: (Version::from("v4"), 2),
+            },
         ]
     }
 
@@ -591,6 +620,10 @@ mod tests {
         assert_eq!(
             hex(&samples()[9]),
             "090b0000000000000001020000007633".to_string() + "0100000000000000"
+        );
+        assert_eq!(
+            hex(&samples()[10]),
+            "0a0500000000000000020000007634".to_string() + "0200000000000000"
         );
     }
 }

@@ -669,7 +669,7 @@ impl Vfs {
                 }
                 self.upload(path, *node, content, *mtime).await
             }
-            Record::Applied { .. } => Ok(Outcome::Skipped),
+            Record::Applied { .. } | Record::Learned { .. } => Ok(Outcome::Skipped),
         }
     }
 

@@ -296,7 +296,7 @@ impl Vfs {
         let mut queue = Queue::default();
         let now = Instant::now();
         for (k, (lsn, rec)) in records.iter().enumerate() {
-            if matches!(rec, Record::Applied { .. })
+            if matches!(rec, Record::Applied { .. } | Record::Learned { .. })
                 || *lsn < cp.applied_below
                 || applied.contains(lsn)
             {
@@ -656,10 +656,29 @@ fn known_dir(ns: &mut Namespace, path: &RemotePath) -> Option<NodeId> {
     Some(cur)
 }
 
+/// A record names `node` at `path`, but the namespace does not know the node: it was learned
+/// from a listing after the last checkpoint (not journaled). If replay made it again under
+/// another id (a directory a record's path needed), that node is this one.
+fn adopt(ns: &mut Namespace, node: NodeId, path: &RemotePath) {
+    if ns.get(node).is_none() {
+        if let Some(id) = ns.resolve(path) {
+            ns.rekey(id, node);
+        }
+    }
+}
+
 fn replay(ns: &mut Namespace, rec: &Record) {
     let now = SystemTime::now();
     let parent_of =
         |ns: &mut Namespace, path: &RemotePath| path.parent().and_then(|p| known_dir(ns, &p));
+    match rec {
+        Record::Remove { path, node, .. }
+        | Record::Rename {
+            from: path, node, ..
+        }
+        | Record::SetAttr { path, node, .. } => adopt(ns, *node, path),
+        _ => {}
+    }
     match rec {
         Record::Mkdir {
             path,
@@ -779,6 +798,24 @@ fn replay(ns: &mut Namespace, rec: &Record) {
                 n.content.gen = content.gen + 1;
                 n.mtime = *mtime;
                 n.dirty = false;
+            }
+        }
+        Record::Learned {
+            node,
+            remote: (v, size),
+        } => {
+            // What the merge of the listing did.
+            if let Some(n) = ns.get_mut(*node) {
+                if n.kind == FileKind::File {
+                    let gen = n.content.gen;
+                    n.content = Content::remote(v.clone(), *size);
+                    n.content.gen = gen;
+                    n.cached_version = None;
+                }
+                n.remote = Some(RemoteState {
+                    version: v.clone(),
+                    size: *size,
+                });
             }
         }
         Record::Applied { .. } => {}

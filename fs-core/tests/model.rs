@@ -1988,3 +1988,50 @@ fn regression_crash_replays_a_node_over_a_directory_learned_from_a_listing() {
     ];
     run(&slow(), &steps).unwrap();
 }
+
+#[test]
+fn regression_crash_skips_a_rename_of_a_file_changed_remotely() {
+    // The drive saw `h` change remotely (v1 -> v2, from a listing, which is not journaled);
+    // the rename is still queued at the crash. Replay knows `h` at v1 (its last Applied), and
+    // the recovered rename moves only the object it knew: the provider has v2 at `h`, so the
+    // rename was skipped and `h` stayed where it was.
+    let steps = [
+        Mkdir("b"),
+        wf("h", 0, 0),
+        put("h", 0, 7),
+        Offline(true),
+        Rename {
+            from: "h",
+            to: "b/f",
+            no_replace: false,
+        },
+        Crash,
+        Offline(false),
+        Flush,
+    ];
+    run(&slow(), &steps).unwrap();
+}
+
+#[test]
+fn regression_crash_skips_a_rename_of_a_directory_learned_from_a_listing() {
+    // `b` is known from a listing only. Replay made it again for the commit of `b/h` with an
+    // id of its own, so the rename of `b` (by its live id) found no node; and the recovered
+    // rename, not finding the node a directory, checked it like a file's, found `b` made
+    // again by the later Mkdir and skipped it: `b/h` stayed at `b/h`.
+    let steps = [
+        Remote(Change::Mkdir { path: "b" }),
+        Mkdir("a"),
+        wf("b/h", 60, 1),
+        Offline(true),
+        Rename {
+            from: "b",
+            to: "a/c",
+            no_replace: false,
+        },
+        Mkdir("b"),
+        Crash,
+        Offline(false),
+        Flush,
+    ];
+    run(&slow(), &steps).unwrap();
+}
