@@ -136,20 +136,66 @@ impl Vfs {
                 }
             }
             ChunkSrc::Base { alias } => {
-                let version = content_base.ok_or(FsError::BadHandle)?;
+                let mut version = content_base.ok_or(FsError::BadHandle)?.clone();
                 if let Some(g) = alias {
                     if let Ok(Some(b)) = ranged(local_key(oid, g, plan.index)).await? {
                         return Ok(b);
                     }
                 }
-                let key = crate::content::remote_key(oid, version, plan.index);
-                if let Ok(Some(b)) = ranged(key.clone()).await? {
-                    return Ok(b);
+                let mut tries = 0;
+                loop {
+                    let key = crate::content::remote_key(oid, &version, plan.index);
+                    if let Ok(Some(b)) = ranged(key.clone()).await? {
+                        return Ok(b);
+                    }
+                    let path = self.remote_location(node).ok_or(FsError::NotFound)?;
+                    match self
+                        .fetch(path.clone(), key, version.clone(), plan.index)
+                        .await
+                    {
+                        Ok(whole) => return Ok(slice(whole)),
+                        Err(e @ (FsError::NotFound | FsError::Io(_))) if tries < 3 => {
+                            tries += 1;
+                            match self.moved(node, &path, &version).await {
+                                Some(v) => version = v,
+                                None => return Err(e),
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                let path = self.remote_location(node).ok_or(FsError::NotFound)?;
-                let whole = self.fetch(path, key, version.clone(), plan.index).await?;
-                Ok(slice(whole))
             }
+        }
+    }
+
+    /// After a fetch of `node`'s base chunk at `path`/`version` failed: the version to read
+    /// now, if the node moved on the provider meanwhile. A rename or an upload of it may be done
+    /// on the provider before the drive records its outcome: while a record touching the path
+    /// is being applied, this waits (up to the provider timeout) for the drive to record it.
+    async fn moved(
+        &self,
+        node: NodeId,
+        path: &RemotePath,
+        version: &cache::Version,
+    ) -> Option<cache::Version> {
+        let deadline = std::time::Instant::now() + self.inner.cfg.provider_timeout;
+        loop {
+            let now = lock(&self.inner.ns)
+                .get(node)?
+                .content
+                .base
+                .as_ref()?
+                .version
+                .clone();
+            let at = self.remote_location(node)?;
+            if &now != version || &at != path {
+                return Some(now);
+            }
+            let busy = lock(&self.inner.queue).in_flight_at(path);
+            if !busy || std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 

@@ -52,6 +52,8 @@ struct Entry {
     /// A commit whose content followed an upload of its file done since it was journaled (see
     /// `replay_applied`): it differs from the log's, so checkpoints save it.
     rebased: bool,
+    /// Applied, and the namespace says so; taken off the queue once its marker is handed on.
+    done: bool,
 }
 
 /// Records waiting for the provider.
@@ -79,6 +81,7 @@ impl Queue {
                 retry_at: None,
                 recovered: false,
                 rebased: false,
+                done: false,
             },
         );
     }
@@ -150,9 +153,17 @@ impl Queue {
         self.entries.keys().copied().collect()
     }
 
-    /// Queued records in log order.
+    /// Queued records in log order, but those the namespace already knows to be applied.
     pub fn records(&self) -> impl Iterator<Item = &Record> {
-        self.entries.values().map(|e| &e.rec)
+        self.entries.values().filter(|e| !e.done).map(|e| &e.rec)
+    }
+
+    /// Whether a record touching `path` (it, or an ancestor) is being applied right now.
+    pub fn in_flight_at(&self, path: &RemotePath) -> bool {
+        self.entries
+            .values()
+            .filter(|e| e.in_flight && !e.done)
+            .any(|e| e.rec.paths().iter().any(|p| path.starts_with(p)))
     }
 
     pub fn contains(&self, lsn: Lsn) -> bool {
@@ -425,6 +436,11 @@ impl Vfs {
                 );
                 for (f, c) in flags.into_iter().zip(changed) {
                     *f |= c;
+                }
+                // The namespace has the outcome now: where the node is, say, no longer takes
+                // this record for one still to come (see `remote_location`).
+                if let Some(e) = q.entries.get_mut(&lsn) {
+                    e.done = true;
                 }
             }
             inner.applied_epoch.fetch_add(1, Ordering::SeqCst);
