@@ -141,6 +141,24 @@ impl Queue {
         self.entries.get(&lsn).is_some_and(|e| e.recovered)
     }
 
+    /// Whether the record at `lsn` may have taken effect already: tried before (an error such
+    /// as a timeout can come after the provider did it) or found in the log at start.
+    fn maybe_done(&self, lsn: Lsn) -> bool {
+        self.entries
+            .get(&lsn)
+            .is_some_and(|e| e.recovered || e.attempts > 0)
+    }
+
+    /// Whether a record after `lsn` touches `path`, an ancestor or a descendant of it.
+    fn touched_after(&self, lsn: Lsn, path: &RemotePath) -> bool {
+        self.entries.range(lsn + 1..).any(|(_, e)| {
+            e.rec
+                .paths()
+                .iter()
+                .any(|p| path.starts_with(p) || p.starts_with(path))
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -633,14 +651,18 @@ impl Vfs {
                         // Not known (a file learned from a listing after the last checkpoint):
                         // what is at `from` is this file unless a later record made another.
                         (None, Ok(_)) if !recreated => {}
-                        (_, Err(ProviderError::NotFound(_))) | (None, _) | (Some(_), Ok(_)) => {
-                            return Ok(Outcome::Skipped)
+                        (_, Err(ProviderError::NotFound(_))) => {
+                            return self.renamed_already(lsn, to, *node).await
                         }
+                        (None, _) | (Some(_), Ok(_)) => return Ok(Outcome::Skipped),
                         (_, Err(e)) => return Err(e),
                     }
                 }
                 match p.rename(from, to, true).await {
                     Ok(e) => Ok(Outcome::Applied(Some(e))),
+                    Err(ProviderError::NotFound(_)) if lock(&self.inner.queue).maybe_done(lsn) => {
+                        self.renamed_already(lsn, to, *node).await
+                    }
                     Err(ProviderError::NotFound(_)) => Ok(Outcome::Skipped),
                     Err(e) => Err(e),
                 }
@@ -686,6 +708,51 @@ impl Vfs {
                 self.upload(path, *node, content, *mtime).await
             }
             Record::Applied { .. } | Record::Learned { .. } => Ok(Outcome::Skipped),
+        }
+    }
+
+    /// A rename that may have taken effect before (see `Queue::maybe_done`) finds nothing at
+    /// its source: if what is at its target is the node as the drive knew it (a directory, or
+    /// a file or symlink of the size it knew) and no later record touches the target, the
+    /// earlier try did it: applied, with what the provider has there now (its version changed
+    /// with the rename; keeping the old one made the next upload a false conflict).
+    async fn renamed_already(
+        &self,
+        lsn: Lsn,
+        to: &RemotePath,
+        node: NodeId,
+    ) -> Result<Outcome, ProviderError> {
+        let (kind, size) = {
+            let ns = lock(&self.inner.ns);
+            match ns.get(node) {
+                Some(n) => (n.kind, n.remote.as_ref().map(|r| r.size)),
+                None => return Ok(Outcome::Skipped),
+            }
+        };
+        {
+            let q = lock(&self.inner.queue);
+            if q.recovered(lsn) && q.touched_after(lsn, to) {
+                return Ok(Outcome::Skipped);
+            }
+        }
+        use crate::provider::EntryKind;
+        match self.inner.provider.stat(to).await {
+            Ok(e) => {
+                let same = match (kind, e.kind) {
+                    (FileKind::Dir, EntryKind::Dir) => true,
+                    (FileKind::File, EntryKind::File) | (FileKind::Symlink, EntryKind::Symlink) => {
+                        size == Some(e.size)
+                    }
+                    _ => false,
+                };
+                Ok(if same {
+                    Outcome::Applied(Some(e))
+                } else {
+                    Outcome::Skipped
+                })
+            }
+            Err(ProviderError::NotFound(_)) => Ok(Outcome::Skipped),
+            Err(e) => Err(e),
         }
     }
 

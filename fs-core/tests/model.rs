@@ -714,6 +714,7 @@ fn fault_plan(seed: u64) -> FaultPlan {
         .fail_rate(Op::Write, 0.2, FaultKind::Unreachable)
         .fail_rate(Op::Write, 0.1, FaultKind::AfterEffect)
         .fail_rate(Op::Rename, 0.2, FaultKind::Unreachable)
+        .fail_rate(Op::Rename, 0.1, FaultKind::AfterEffect)
         .fail_rate(Op::Mkdir, 0.2, FaultKind::Unreachable)
         .fail_rate(Op::Rmdir, 0.1, FaultKind::Unreachable)
         .fail_rate(Op::Delete, 0.1, FaultKind::Unreachable)
@@ -2035,4 +2036,36 @@ fn regression_crash_skips_a_rename_of_a_directory_learned_from_a_listing() {
         Flush,
     ];
     run(&slow(), &steps).unwrap();
+}
+
+#[test]
+fn regression_a_rename_that_timed_out_after_taking_effect_makes_a_false_conflict() {
+    // The provider renamed `f` (and gave it a new version) but the call reported a timeout.
+    // The retry found nothing at `f` and skipped, so the drive kept the old version and the
+    // next upload, conditional on it, went to a conflict copy. Now a rename that may have
+    // taken effect before and finds no source takes what is at its target, if that is the
+    // file as the drive knew it.
+    let steps = [
+        wf("f", 5, 1),
+        Flush,
+        Rename {
+            from: "f",
+            to: "g",
+            no_replace: false,
+        },
+        Sleep(300_000),
+        Check,
+        Overwrite {
+            path: "g",
+            offset: 0,
+            data: d(1, 2),
+        },
+        Flush,
+    ];
+    let setup = Setup {
+        plan: Some(FaultPlan::new(1).fail_nth(Op::Rename, 1, FaultKind::AfterEffect)),
+        walk_each_step: false,
+        ..Setup::default()
+    };
+    run(&setup, &steps).unwrap();
 }
