@@ -119,45 +119,56 @@ impl Content {
     /// cached alias of it, so it is no longer dirty). Chunks written since stay local. The base
     /// stops before the first chunk the snapshot had data in that is now a hole (truncated
     /// since), so truncated bytes never come back.
-    pub fn rebase(&mut self, uploaded: &Content, version: Version, chunk_size: u64) {
+    ///
+    /// `uploaded` must be an earlier state of this content *in the same frame*: based on the
+    /// same version, so that this content differs from it only by writes (new local
+    /// generations) and truncates. The uploader keeps every queued commit in the frame of the
+    /// file's content by rebasing it too whenever an upload of the file is done (see
+    /// `uploader.rs`). Anything else (another base, a chunk that went from local back to the
+    /// base) cannot be reasoned about chunk by chunk: then nothing is changed and `false` is
+    /// returned (the bytes stay right; the file just stays modified).
+    pub fn rebase(&mut self, uploaded: &Content, version: Version, chunk_size: u64) -> bool {
         let cs = chunk_size;
+        let same_base =
+            self.base.as_ref().map(|b| &b.version) == uploaded.base.as_ref().map(|b| &b.version);
+        if !same_base {
+            return false;
+        }
+        // Within a frame the base length only shrinks (truncates).
+        let here = self.base.as_ref().map_or(0, |b| b.len);
+        let there = uploaded.base.as_ref().map_or(0, |b| b.len);
         let limit = self.size.min(uploaded.size);
         let mut len = limit;
         let mut alias = BTreeMap::new();
         for i in 0..limit.div_ceil(cs) {
-            // `uploaded` is an earlier state of this content (later states only add local
-            // chunks and truncate), so a chunk not written since has the same bytes in both.
-            let here = self.base.as_ref().map_or(0, |b| b.len);
             match (self.src(i, cs), uploaded.src(i, cs)) {
+                // Not written since: the new version has these bytes, and the snapshot's local
+                // chunk is a cached copy of them.
                 (ChunkSrc::Local(g), ChunkSrc::Local(h)) if g == h => {
                     alias.insert(i, g);
                 }
                 // Written since the snapshot: stays local.
                 (ChunkSrc::Local(_), _) => {}
-                // Not written since: the new version has these bytes. A cached copy of them
-                // (an alias, or the snapshot's local chunk) stays usable.
-                (ChunkSrc::Base { alias: a }, ChunkSrc::Local(h)) => {
-                    alias.insert(i, a.unwrap_or(h));
-                    // Truncated inside this chunk since the snapshot: the rest reads as zeros.
-                    if here < uploaded.size.min((i + 1) * cs) {
-                        len = len.min(here);
-                    }
-                }
+                // The same base bytes in both, up to where each has them.
                 (ChunkSrc::Base { alias: a }, ChunkSrc::Base { .. }) => {
                     if let Some(g) = a {
                         alias.insert(i, g);
                     }
-                    let there = uploaded.base.as_ref().map_or(0, |b| b.len);
+                    // Truncated inside this chunk since the snapshot: the rest reads as zeros.
+                    // (A truncate rewrites its partial last chunk, so this is only a guard.)
                     if here < there.min((i + 1) * cs) {
                         len = len.min(here);
                     }
                 }
                 (ChunkSrc::Hole, ChunkSrc::Hole) => {}
-                // Truncated since: those bytes must stay zeros.
-                (ChunkSrc::Hole, _) | (ChunkSrc::Base { .. }, ChunkSrc::Hole) => {
+                // Truncated since: those bytes must stay zeros. Nothing after this chunk comes
+                // from the base any more (the base length is at most here).
+                (ChunkSrc::Hole, _) => {
                     len = len.min(i * cs);
                     break;
                 }
+                // Base bytes where the snapshot had its own or none: not an earlier state.
+                (ChunkSrc::Base { .. }, ChunkSrc::Local(_) | ChunkSrc::Hole) => return false,
             }
         }
         alias.retain(|i, _| i * cs < len);
@@ -170,6 +181,47 @@ impl Content {
             len,
             size: uploaded.size,
         });
+        true
+    }
+}
+
+impl Content {
+    /// The content of a file that has had nothing written since the snapshot `uploaded` (so it
+    /// has exactly its bytes) once that became remote version `version`: everything comes
+    /// from the new version, and the snapshot's local chunks (and its cached copies of whole
+    /// base chunks) are cached copies of it. Unlike [`Content::rebase`] this needs no common
+    /// frame; the generation is the caller's to keep.
+    pub fn settled(uploaded: &Content, version: Version, chunk_size: u64) -> Content {
+        let cs = chunk_size;
+        let size = uploaded.size;
+        let mut alias = BTreeMap::new();
+        for i in 0..size.div_ceil(cs) {
+            match uploaded.src(i, cs) {
+                ChunkSrc::Local(g) => {
+                    alias.insert(i, g);
+                }
+                // A cached copy holds the base's bytes, which are this chunk's only where the
+                // base still covers all of it.
+                ChunkSrc::Base { alias: Some(g) } => {
+                    let here = uploaded.base.as_ref().map_or(0, |b| b.len);
+                    if here >= size.min((i + 1) * cs) {
+                        alias.insert(i, g);
+                    }
+                }
+                ChunkSrc::Base { alias: None } | ChunkSrc::Hole => {}
+            }
+        }
+        Content {
+            size,
+            base: Some(Base {
+                version,
+                len: size,
+                size,
+            }),
+            local: BTreeMap::new(),
+            alias,
+            gen: uploaded.gen,
+        }
     }
 }
 
@@ -233,7 +285,7 @@ mod tests {
         c.local.insert(0, 1);
         c.local.insert(1, 1);
         let snap = c.clone();
-        c.rebase(&snap, Version::from("v2"), CS);
+        assert!(c.rebase(&snap, Version::from("v2"), CS));
         assert!(!c.is_modified());
         assert_eq!(c.src(1, CS), ChunkSrc::Base { alias: Some(1) });
         assert_eq!(c.local_chunks().count(), 2);
@@ -245,7 +297,7 @@ mod tests {
         c.local.insert(0, 1);
         let snap = c.clone();
         c.local.insert(2, 2);
-        c.rebase(&snap, Version::from("v2"), CS);
+        assert!(c.rebase(&snap, Version::from("v2"), CS));
         assert!(c.is_modified());
         assert_eq!(c.base.as_ref().unwrap().version, Version::from("v2"));
         assert_eq!(c.src(1, CS), ChunkSrc::Base { alias: None });
@@ -262,9 +314,76 @@ mod tests {
         let mut c = Content::remote(Version::from("v1"), 150);
         c.truncate(250, CS);
         let snap = c.clone();
-        c.rebase(&snap, Version::from("v2"), CS);
+        assert!(c.rebase(&snap, Version::from("v2"), CS));
         assert!(!c.is_modified(), "{c:?}");
         assert_eq!(c.src(2, CS), ChunkSrc::Base { alias: None });
+    }
+
+    #[test]
+    fn rebase_of_a_queued_commit_keeps_it_in_the_frame_of_the_file() {
+        // Commit A (chunk 0) uploads while commit B (chunks 0 and 1) is taken. When A is done,
+        // both the file and B are rebased on it; when B is done, the file is clean.
+        let mut c = Content {
+            size: 1,
+            gen: 2,
+            ..Content::default()
+        };
+        c.local.insert(0, 1);
+        let a = c.clone();
+        c.local.insert(1, 2);
+        c.size = 101;
+        let mut b = c.clone();
+        c.gen = 3;
+        assert!(c.rebase(&a, Version::from("v1"), CS));
+        assert!(b.rebase(&a, Version::from("v1"), CS));
+        assert_eq!(c.src(0, CS), ChunkSrc::Base { alias: Some(1) });
+        assert_eq!(c.src(1, CS), ChunkSrc::Local(2));
+        assert!(c.rebase(&b, Version::from("v2"), CS));
+        assert!(!c.is_modified(), "{c:?}");
+        assert_eq!(c.local_chunks().count(), 2);
+    }
+
+    #[test]
+    fn rebase_refuses_a_snapshot_of_another_frame() {
+        // The file was rebased on an upload, the snapshot was not: nothing is changed.
+        let mut c = Content::remote(Version::from("v1"), 1);
+        c.alias.insert(0, 1);
+        c.size = 101;
+        c.local.insert(1, 2);
+        let before = c.clone();
+        let mut snap = Content {
+            size: 101,
+            gen: 2,
+            ..Content::default()
+        };
+        snap.local.insert(0, 1);
+        snap.local.insert(1, 2);
+        assert!(!c.rebase(&snap, Version::from("v2"), CS));
+        assert_eq!(c, before);
+        // Same base version, but a chunk that went from local back to the base.
+        let mut snap = before.clone();
+        snap.alias.clear();
+        snap.local.insert(0, 1);
+        assert!(!c.rebase(&snap, Version::from("v2"), CS));
+        assert_eq!(c, before);
+    }
+
+    #[test]
+    fn settled_content_reads_the_uploaded_bytes_from_the_new_version() {
+        let mut snap = Content::remote(Version::from("v1"), 250);
+        snap.alias.insert(0, 1);
+        snap.alias.insert(1, 1);
+        snap.local.insert(2, 2);
+        snap.truncate(150, CS);
+        snap.truncate(300, CS);
+        snap.local.insert(2, 3);
+        let c = Content::settled(&snap, Version::from("v2"), CS);
+        assert!(!c.is_modified(), "{c:?}");
+        assert_eq!(c.src(0, CS), ChunkSrc::Base { alias: Some(1) });
+        // Chunk 1 was cut at 150: its cached copy holds bytes that are zeros now.
+        assert_eq!(c.src(1, CS), ChunkSrc::Base { alias: None });
+        assert_eq!(c.src(2, CS), ChunkSrc::Base { alias: Some(3) });
+        assert_eq!(c.size, 300);
     }
 
     #[test]
@@ -280,7 +399,7 @@ mod tests {
         let snap = c.clone();
         c.truncate(100, CS);
         c.truncate(300, CS);
-        c.rebase(&snap, Version::from("v2"), CS);
+        assert!(c.rebase(&snap, Version::from("v2"), CS));
         assert_eq!(c.src(0, CS), ChunkSrc::Base { alias: Some(1) });
         assert_eq!(c.src(1, CS), ChunkSrc::Hole);
         assert_eq!(c.src(2, CS), ChunkSrc::Hole);

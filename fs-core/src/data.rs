@@ -16,7 +16,7 @@ use crate::error::{FsError, FsResult};
 use crate::journal::Record;
 use crate::provider::RemotePath;
 use crate::types::{FileKind, NodeId};
-use crate::vfs::{lock, Vfs};
+use crate::vfs::{lock, PendingPut, Vfs};
 
 /// Longest a writer waits for the uploader to free room in a full cache.
 const MAX_PRESSURE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -141,20 +141,66 @@ impl Vfs {
                 }
             }
             ChunkSrc::Base { alias } => {
-                let version = content_base.ok_or(FsError::BadHandle)?;
+                let mut version = content_base.ok_or(FsError::BadHandle)?.clone();
                 if let Some(g) = alias {
                     if let Ok(Some(b)) = ranged(local_key(oid, g, plan.index)).await? {
                         return Ok(b);
                     }
                 }
-                let key = crate::content::remote_key(oid, version, plan.index);
-                if let Ok(Some(b)) = ranged(key.clone()).await? {
-                    return Ok(b);
+                let mut tries = 0;
+                loop {
+                    let key = crate::content::remote_key(oid, &version, plan.index);
+                    if let Ok(Some(b)) = ranged(key.clone()).await? {
+                        return Ok(b);
+                    }
+                    let path = self.remote_location(node).ok_or(FsError::NotFound)?;
+                    match self
+                        .fetch(path.clone(), key, version.clone(), plan.index)
+                        .await
+                    {
+                        Ok(whole) => return Ok(slice(whole)),
+                        Err(e @ (FsError::NotFound | FsError::Io(_))) if tries < 3 => {
+                            tries += 1;
+                            match self.moved(node, &path, &version).await {
+                                Some(v) => version = v,
+                                None => return Err(e),
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                let path = self.remote_location(node).ok_or(FsError::NotFound)?;
-                let whole = self.fetch(path, key, version.clone(), plan.index).await?;
-                Ok(slice(whole))
             }
+        }
+    }
+
+    /// After a fetch of `node`'s base chunk at `path`/`version` failed: the version to read
+    /// now, if the node moved on the provider meanwhile. A rename or an upload of it may be done
+    /// on the provider before the drive records its outcome: while a record touching the path
+    /// is being applied, this waits (up to the provider timeout) for the drive to record it.
+    async fn moved(
+        &self,
+        node: NodeId,
+        path: &RemotePath,
+        version: &cache::Version,
+    ) -> Option<cache::Version> {
+        let deadline = std::time::Instant::now() + self.inner.cfg.provider_timeout;
+        loop {
+            let now = lock(&self.inner.ns)
+                .get(node)?
+                .content
+                .base
+                .as_ref()?
+                .version
+                .clone();
+            let at = self.remote_location(node)?;
+            if &now != version || &at != path {
+                return Some(now);
+            }
+            let busy = lock(&self.inner.queue).in_flight_at(path);
+            if !busy || std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 
@@ -482,20 +528,37 @@ impl Vfs {
         {
             let mut pending = lock(&self.inner.pending_puts);
             for (k, b) in &keys {
-                pending.insert(k.clone(), b.clone());
+                pending.insert(
+                    k.clone(),
+                    PendingPut {
+                        data: b.clone(),
+                        released: None,
+                    },
+                );
             }
         }
         let vfs = self.clone();
         tokio::spawn(async move {
             for (key, data) in keys {
-                match vfs
+                let put = vfs
                     .inner
                     .cache
                     .put_async(key.clone(), data, PutKind::DirtyUnsynced)
-                    .await
-                {
+                    .await;
+                // A release that came while the put ran is carried out now that it is done.
+                let released = {
+                    let mut pending = lock(&vfs.inner.pending_puts);
+                    let released = pending.get(&key).and_then(|p| p.released);
+                    if put.is_ok() || released.is_some() {
+                        pending.remove(&key);
+                    }
+                    released
+                };
+                match put {
                     Ok(_) => {
-                        lock(&vfs.inner.pending_puts).remove(&key);
+                        if let Some(keep_clean) = released {
+                            vfs.release_now(&key, keep_clean);
+                        }
                     }
                     // Kept in memory (and inline in the log) until a later put or a restart.
                     Err(e) => {
@@ -508,7 +571,38 @@ impl Vfs {
 
     /// A committed small file's chunk not yet in the cache.
     pub(crate) fn pending_chunk(&self, key: &ChunkKey) -> Option<Bytes> {
-        lock(&self.inner.pending_puts).get(key).cloned()
+        lock(&self.inner.pending_puts)
+            .get(key)
+            .map(|p| p.data.clone())
+    }
+
+    /// A dirty chunk is no longer needed dirty: it becomes a clean cached copy (`keep_clean`:
+    /// the provider has its bytes and the content still names it) or is removed. A small
+    /// file's chunk whose put into the cache is still running is released once the put is
+    /// done (else the put would leave it dirty for good).
+    pub(crate) fn release_chunk(&self, key: &ChunkKey, keep_clean: bool) {
+        {
+            let mut pending = lock(&self.inner.pending_puts);
+            if let Some(p) = pending.get_mut(key) {
+                // Removal wins over keeping a clean copy.
+                p.released = Some(p.released.unwrap_or(true) && keep_clean);
+                return;
+            }
+        }
+        self.release_now(key, keep_clean);
+    }
+
+    fn release_now(&self, key: &ChunkKey, keep_clean: bool) {
+        let r = if keep_clean {
+            self.inner.cache.mark_clean(key)
+        } else {
+            self.inner.cache.remove(key)
+        };
+        if let Err(e) = r {
+            if !matches!(e, cache::CacheError::NotCached) {
+                tracing::warn!(error = %e, "could not release a chunk no longer needed dirty");
+            }
+        }
     }
 
     /// Puts chunk `i` of `node` as a dirty chunk of the file's current generation. While the

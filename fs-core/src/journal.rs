@@ -3,9 +3,11 @@
 //! namespace after a crash. Paths are the node's provider path at the time of the change, which
 //! is its path on the provider once every earlier record is applied.
 //!
-//! Encoding v1 (inside the WAL's sealed payload): `u8 tag | fields`, integers little endian,
+//! Encoding v2 (inside the WAL's sealed payload): `u8 tag | fields`, integers little endian,
 //! strings and byte strings as `u32 len | bytes`, times as `i64 seconds | u32 nanos` since the
-//! epoch, options as `u8 0|1 | value`. Documented in docs/WAL_FORMAT.md; golden test below.
+//! epoch, options as `u8 0|1 | value`. v2 added tags 9 (an `Applied` marker of a conflict) and
+//! 10 (`Learned`) to v1; a v1 log is a valid v2 log. Documented in docs/WAL_FORMAT.md; golden
+//! test below.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -68,10 +70,21 @@ pub enum Record {
         inline: Vec<(u64, Vec<u8>)>,
     },
     /// The record at `lsn` was applied to the provider, which now has `remote` for its node
-    /// (when the operation reports it).
+    /// (when the operation reports it). `conflict`: the record was a commit (or the upload of a
+    /// created file) and the provider had another version than the one it was based on:
+    /// `remote` is that version, which stays at the name, and the local content went to a
+    /// conflict copy beside it; the record is done all the same.
     Applied {
         lsn: u64,
         remote: Option<(Version, u64)>,
+        conflict: bool,
+    },
+    /// A listing showed that the provider has another version, `remote`, of the node (a file,
+    /// whose content is now that version, or a symlink). Nothing to apply: later records of the
+    /// node are conditional on that version, so replay must know it.
+    Learned {
+        node: NodeId,
+        remote: (Version, u64),
     },
 }
 
@@ -84,7 +97,8 @@ impl Record {
             | Record::Remove { node, .. }
             | Record::Rename { node, .. }
             | Record::SetAttr { node, .. }
-            | Record::Commit { node, .. } => *node,
+            | Record::Commit { node, .. }
+            | Record::Learned { node, .. } => *node,
             Record::Applied { .. } => NodeId(0),
         }
     }
@@ -100,6 +114,7 @@ impl Record {
             Record::SetAttr { .. } => "setattr",
             Record::Commit { .. } => "commit",
             Record::Applied { .. } => "applied",
+            Record::Learned { .. } => "learned",
         }
     }
 
@@ -113,7 +128,7 @@ impl Record {
             | Record::Remove { path, .. }
             | Record::SetAttr { path, .. }
             | Record::Commit { path, .. } => vec![path],
-            Record::Applied { .. } => vec![],
+            Record::Applied { .. } | Record::Learned { .. } => vec![],
         }
     }
 }
@@ -131,6 +146,10 @@ const T_RENAME: u8 = 5;
 const T_SETATTR: u8 = 6;
 const T_COMMIT: u8 = 7;
 const T_APPLIED: u8 = 8;
+/// Since encoding v2: an `Applied` marker with `conflict` set (same fields as `T_APPLIED`).
+const T_CONFLICT: u8 = 9;
+/// Since encoding v2.
+const T_LEARNED: u8 = 10;
 
 struct W(Vec<u8>);
 
@@ -389,13 +408,26 @@ impl Record {
                     w.bytes(data);
                 }
             }
-            Record::Applied { lsn, remote } => {
-                w.u8(T_APPLIED);
+            Record::Applied {
+                lsn,
+                remote,
+                conflict,
+            } => {
+                w.u8(if *conflict { T_CONFLICT } else { T_APPLIED });
                 w.u64(*lsn);
                 w.opt(remote, |w, (v, size)| {
                     w.bytes(v.as_bytes());
                     w.u64(*size);
                 });
+            }
+            Record::Learned {
+                node,
+                remote: (v, size),
+            } => {
+                w.u8(T_LEARNED);
+                w.u64(node.0);
+                w.bytes(v.as_bytes());
+                w.u64(*size);
             }
         }
         w.0
@@ -458,9 +490,14 @@ impl Record {
                     inline,
                 }
             }
-            T_APPLIED => Record::Applied {
+            tag @ (T_APPLIED | T_CONFLICT) => Record::Applied {
                 lsn: r.u64()?,
                 remote: r.opt(|r| Ok((Version::from(r.bytes()?), r.u64()?)))?,
+                conflict: tag == T_CONFLICT,
+            },
+            T_LEARNED => Record::Learned {
+                node: NodeId(r.u64()?),
+                remote: (Version::from(r.bytes()?), r.u64()?),
             },
             _ => return Err(DecodeError("unknown record type")),
         };
@@ -531,10 +568,21 @@ mod tests {
             Record::Applied {
                 lsn: 9,
                 remote: Some((Version::from("v2"), 12)),
+                conflict: false,
             },
             Record::Applied {
                 lsn: 10,
                 remote: None,
+                conflict: false,
+            },
+            Record::Applied {
+                lsn: 11,
+                remote: Some((Version::from("v3"), 1)),
+                conflict: true,
+            },
+            Record::Learned {
+                node: NodeId(5),
+                remote: (Version::from("v4"), 2),
             },
         ]
     }
@@ -561,6 +609,21 @@ mod tests {
         assert_eq!(
             hex,
             "05010000006101000000620200000000000000010700000000000000"
+        );
+        // Encoding v2 only added the conflict marker (tag 9); v1 records are unchanged.
+        let hex =
+            |r: &Record| -> String { r.encode().iter().map(|b| format!("{b:02x}")).collect() };
+        assert_eq!(
+            hex(&samples()[7]),
+            "08090000000000000001020000007632".to_string() + "0c00000000000000"
+        );
+        assert_eq!(
+            hex(&samples()[9]),
+            "090b0000000000000001020000007633".to_string() + "0100000000000000"
+        );
+        assert_eq!(
+            hex(&samples()[10]),
+            "0a0500000000000000020000007634".to_string() + "0200000000000000"
         );
     }
 }

@@ -149,6 +149,11 @@ impl Namespace {
                 return None;
             }
             names.push(n.name.as_str());
+            if names.len() > self.nodes.len() {
+                // A cycle of parents (a bug): no path, rather than a walk that never ends.
+                tracing::error!(node = id.0, "the node's parents form a cycle");
+                return None;
+            }
             cur = n.parent;
         }
         let mut p = RemotePath::root();
@@ -231,6 +236,38 @@ impl Namespace {
         }
     }
 
+    /// Gives node `old` the id `new` (replay: a node the log names by an id the namespace does
+    /// not know is the one at the path the record names, made again under an id of its own).
+    /// Nothing happens if `new` is taken or `old` unknown or the root.
+    pub fn rekey(&mut self, old: NodeId, new: NodeId) {
+        if old == new || old == NodeId::ROOT || self.nodes.contains_key(&new) {
+            return;
+        }
+        let Some(mut n) = self.nodes.remove(&old) else {
+            return;
+        };
+        n.id = new;
+        if let Some(c) = self
+            .nodes
+            .get_mut(&n.parent)
+            .and_then(|p| p.children.as_mut())
+        {
+            if c.get(&n.name) == Some(&old) {
+                c.insert(n.name.clone(), new);
+            }
+        }
+        for c in n.children.iter().flat_map(|c| c.values()) {
+            if let Some(child) = self.nodes.get_mut(c) {
+                child.parent = new;
+            }
+        }
+        if self.partial.remove(&old) {
+            self.partial.insert(new);
+        }
+        self.next_id = self.next_id.max(new.0 + 1);
+        self.nodes.insert(new, n);
+    }
+
     /// Moves `id` to `new_parent/new_name` (the target slot must be free).
     pub fn move_node(&mut self, id: NodeId, new_parent: NodeId, new_name: &str) {
         let Some(n) = self.nodes.get(&id) else { return };
@@ -267,7 +304,7 @@ impl Namespace {
     /// Whether `ancestor` is `id` or one of its ancestors.
     pub fn is_ancestor(&self, ancestor: NodeId, id: NodeId) -> bool {
         let mut cur = id;
-        loop {
+        for _ in 0..=self.nodes.len() {
             if cur == ancestor {
                 return true;
             }
@@ -279,6 +316,9 @@ impl Namespace {
                 None => return false,
             }
         }
+        // A cycle of parents (a bug): answered as if it were, so that nothing moves into it.
+        tracing::error!(node = id.0, "the node's parents form a cycle");
+        true
     }
 
     /// `moved` is renamed over the file `replaced`. Without a version of its own on the
@@ -445,6 +485,9 @@ impl Namespace {
                         n.cached_version = None;
                         out.changed.push(id);
                     }
+                    if changed && n.kind != FileKind::Dir {
+                        out.learned.push((id, e.version.clone(), e.size));
+                    }
                     n.remote = Some(RemoteState {
                         version: e.version.clone(),
                         size: e.size,
@@ -532,5 +575,9 @@ pub struct Replaced {
 #[derive(Debug, Default)]
 pub struct MergeOutcome {
     pub changed: Vec<NodeId>,
+    /// Files and symlinks the provider has another version of (files: their content is now
+    /// that version): `(node, version, size)`, for the journal (later records of these nodes
+    /// are conditional on it, and replay must know it).
+    pub learned: Vec<(NodeId, Version, u64)>,
     pub vanished: Vec<(NodeId, String, NodeId)>,
 }

@@ -154,6 +154,20 @@ impl Vfs {
                         n.mtime = mtime;
                     }
                 }
+                // Later records of these nodes are conditional on what the listing told:
+                // replay must know it. Not synced: it only matters to records after it, whose
+                // own sync makes it durable too.
+                if !self.inner.cfg.read_only {
+                    for (node, version, size) in &outcome.learned {
+                        let rec = Record::Learned {
+                            node: *node,
+                            remote: (version.clone(), *size),
+                        };
+                        if let Err(e) = self.inner.wal.append(&rec.encode()) {
+                            tracing::warn!(error = %e, "could not journal a remote change");
+                        }
+                    }
+                }
                 outcome
             };
             for id in outcome.changed {

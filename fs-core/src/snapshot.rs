@@ -27,19 +27,26 @@
 //! removed from the tree and live only until their handles close) and `cached_version` (`None`).
 //! A directory's child map is not stored either: it is rebuilt from the nodes' parents and names.
 //!
-//! # Format, version 1
+//! # Format, version 2
 //! ```text
-//! "SOXN" | u16 version = 1 | u16 reserved = 0 | u64 body length | sealed body
-//! sealed body = RecordCipher("namespace").seal(aad = "syncoxide namespace v1", body)
+//! "SOXN" | u16 version = 2 | u16 reserved = 0 | u64 body length | sealed body
+//! sealed body = RecordCipher("namespace").seal(aad = "syncoxide namespace v2", body)
 //!             = nonce (12) | ciphertext | tag (16)
 //! body        = checkpoint | u64 next_id | u64 node count | node* | u64 tombstone count | tombstone*
 //! checkpoint  = u64 lsn | u64 applied_below | u64 count | u64 applied LSN*
+//!             | u64 count | rebased*
+//! rebased     = u64 LSN of a queued commit | content (journal.rs encoding)
 //! node        = u64 id | u64 generation | u64 parent | str name | u8 kind (1 file, 2 dir, 3 symlink)
 //!             | u16 perm | time mtime | time atime | time ctime
 //!             | content (journal.rs encoding) | opt(str) target | opt(bytes version, u64 size) remote
 //!             | u8 children known (0|1) | u32 pending | u8 dirty (0|1)
 //! tombstone   = str path | u32 count (> 0)
 //! ```
+//! Version 1 is the same without the `rebased` list (and with aad "syncoxide namespace v1");
+//! this build still reads it (as an empty list). The list holds the queued commits whose
+//! content followed uploads of the same file finished since they were journaled, so they differ
+//! from the log's record (see `vfs::replay_applied`).
+//!
 //! Integers are little endian; `str`/`bytes` are `u32 len | bytes`; `time` is `i64 seconds |
 //! u32 nanos` since the epoch (nanos < 10^9, seconds floored, so times before 1970 work);
 //! `opt(x)` is `u8 0 | u8 1 x`; all as in the journal encoding (journal.rs). Nodes are written in
@@ -49,7 +56,8 @@
 //! directory, its own parent; every other node's name a valid path component, its parent present,
 //! a directory with its children known, and no two nodes with the same parent and name; every
 //! node reachable from the root; only directories have children known; every applied LSN at or
-//! above `applied_below`. Anything else is [`SnapshotError::Damaged`].
+//! above `applied_below`, and so is every rebased commit. Anything else is
+//! [`SnapshotError::Damaged`].
 //!
 //! The file must live in the cache's own directory ([`ChunkCache::dir`]): the cache counts the
 //! files there when it opens, and the charge this module keeps relies on that.
@@ -78,18 +86,26 @@ pub struct Checkpoint {
     pub applied_below: u64,
     /// ...and so have these, all >= applied_below.
     pub applied: Vec<u64>,
+    /// Queued commits (LSN >= applied_below) whose content is no longer the one in the log:
+    /// it followed uploads of the same file done since (see `vfs::replay_applied`). Replay
+    /// uses these instead. (Format version 2; empty when loading version 1.)
+    pub rebased: Vec<(u64, Content)>,
 }
 
 /// Name of the checkpoint file in the cache directory.
 pub const FILE_NAME: &str = "namespace";
 /// Name of the file a save writes before renaming it over [`FILE_NAME`].
 pub const TMP_FILE_NAME: &str = "namespace.tmp";
-/// The format version this build writes and reads.
-pub const VERSION: u16 = 1;
+/// The format version this build writes. It reads this one and version 1.
+pub const VERSION: u16 = 2;
 
 const MAGIC: &[u8; 4] = b"SOXN";
 const HEADER_LEN: usize = 16;
-const AAD: &[u8] = b"syncoxide namespace v1";
+
+/// Associated data of the sealed body (binds the format version).
+fn aad(version: u16) -> Vec<u8> {
+    format!("syncoxide namespace v{version}").into_bytes()
+}
 const PURPOSE: &str = "namespace";
 
 const KIND_FILE: u8 = 1;
@@ -114,7 +130,7 @@ pub enum SnapshotError {
     Damaged { path: PathBuf, reason: &'static str },
 
     /// The file was written by another (probably newer) version of syncoxide.
-    #[error("the namespace snapshot {path} has format version {found}, this build reads version {VERSION}; upgrade syncoxide (if the file is removed, the namespace will be rebuilt from the provider)")]
+    #[error("the namespace snapshot {path} has format version {found}, this build reads versions 1 to {VERSION}; upgrade syncoxide (if the file is removed, the namespace will be rebuilt from the provider)")]
     UnsupportedVersion { path: PathBuf, found: u16 },
 
     /// The cache has no room for the new file (pinned data fills it); the previous checkpoint
@@ -199,7 +215,7 @@ impl SnapshotStore {
             return Err(damaged("bad magic"));
         }
         let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(SnapshotError::UnsupportedVersion {
                 path,
                 found: version,
@@ -216,9 +232,9 @@ impl SnapshotStore {
         }
         let body = cache
             .record_cipher(PURPOSE)
-            .open(AAD, sealed)
+            .open(&aad(version), sealed)
             .ok_or_else(|| damaged("authentication failed"))?;
-        let (ns, cp) = decode(&body).map_err(damaged)?;
+        let (ns, cp) = decode(&body, version).map_err(damaged)?;
         Ok((store, Some((ns, cp))))
     }
 
@@ -237,7 +253,7 @@ impl SnapshotStore {
         cp: &Checkpoint,
     ) -> Result<u64, SnapshotError> {
         let body = encode(ns, cp).map_err(SnapshotError::Inconsistent)?;
-        let sealed = cache.record_cipher(PURPOSE).seal(AAD, &body);
+        let sealed = cache.record_cipher(PURPOSE).seal(&aad(VERSION), &body);
         drop(body);
         let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
         out.extend_from_slice(MAGIC);
@@ -453,6 +469,17 @@ fn encode(ns: &Namespace, cp: &Checkpoint) -> Result<Vec<u8>, String> {
     for a in &cp.applied {
         w.u64(*a);
     }
+    w.u64(cp.rebased.len() as u64);
+    for (lsn, content) in &cp.rebased {
+        if *lsn < cp.applied_below {
+            return Err(format!(
+                "checkpoint lists the rebased commit {lsn} below applied_below {}",
+                cp.applied_below
+            ));
+        }
+        w.u64(*lsn);
+        encode_content(&mut w.0, content);
+    }
     w.u64(ns.next_id);
     w.u64(nodes.len() as u64);
     for n in nodes {
@@ -570,7 +597,7 @@ impl<'a> R<'a> {
     }
 }
 
-fn decode(body: &[u8]) -> Result<(Namespace, Checkpoint), Reason> {
+fn decode(body: &[u8], version: u16) -> Result<(Namespace, Checkpoint), Reason> {
     let mut r = R(body);
     let lsn = r.u64()?;
     let applied_below = r.u64()?;
@@ -583,10 +610,24 @@ fn decode(body: &[u8]) -> Result<(Namespace, Checkpoint), Reason> {
         }
         applied.push(a);
     }
+    let mut rebased = Vec::new();
+    if version >= 2 {
+        // LSN + the smallest content (8+1+8+8+8).
+        let n = r.count(8 + 33)?;
+        for _ in 0..n {
+            let l = r.u64()?;
+            if l < applied_below {
+                return Err("rebased commit below applied_below");
+            }
+            let content = decode_content(&mut r.0).map_err(|_| "bad content map")?;
+            rebased.push((l, content));
+        }
+    }
     let cp = Checkpoint {
         lsn,
         applied_below,
         applied,
+        rebased,
     };
     let next_id = r.u64()?;
 

@@ -8,7 +8,13 @@
 //! Uploads are conditional on the version the file was based on (`IfMatch`, or `IfNotExists` for
 //! a new file). When the provider has another version, the remote one stays at the name and the
 //! local one is written beside it as `NAME.conflict-<host>-<YYYYMMDD-HHMMSS>[-N].EXT`: nothing
-//! is silently overwritten.
+//! is silently overwritten. Commits of the file still queued were based on the same version, so
+//! the node keeps its content and remote state until the last of them conflicted too (see
+//! `replay_applied`).
+//!
+//! When an upload of a file is done, its content and its commits still queued are rebased on
+//! the new version together (`replay_applied`), so that each later upload is compared with a
+//! content of the same frame and reads base chunks of a version the provider has.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -45,6 +51,11 @@ struct Entry {
     retry_at: Option<Instant>,
     /// Queued again at start: it may have been applied before a crash.
     recovered: bool,
+    /// A commit whose content followed an upload of its file done since it was journaled (see
+    /// `replay_applied`): it differs from the log's, so checkpoints save it.
+    rebased: bool,
+    /// Applied, and the namespace says so; taken off the queue once its marker is handed on.
+    done: bool,
 }
 
 /// Records waiting for the provider.
@@ -118,17 +129,49 @@ impl Queue {
                 attempts: 0,
                 retry_at: None,
                 recovered: false,
+                rebased: false,
+                done: false,
             },
         );
     }
 
     /// Queues a record found unapplied in the log at start (it may have been applied before the
-    /// crash, its marker lost).
-    pub fn push_recovered(&mut self, lsn: Lsn, rec: Record, ready: Instant) {
+    /// crash, its marker lost). `rebased`: a commit whose content is not the log's (it followed
+    /// uploads of its file, see `replay_applied`).
+    pub fn push_recovered(&mut self, lsn: Lsn, rec: Record, ready: Instant, rebased: bool) {
         self.push(lsn, rec, ready);
         if let Some(e) = self.entries.get_mut(&lsn) {
             e.recovered = true;
+            e.rebased = rebased;
         }
+    }
+
+    /// Queued commits whose content is not the log's, for a checkpoint.
+    pub fn rebased_commits(&self) -> Vec<(Lsn, Content)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.rebased)
+            .filter_map(|(lsn, e)| match &e.rec {
+                Record::Commit { content, .. } => Some((*lsn, content.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The contents of the commits of `node` queued after `lsn`, with their `rebased` flags.
+    fn later_commits(&mut self, lsn: Lsn, node: NodeId) -> (Vec<&mut Content>, Vec<&mut bool>) {
+        self.entries
+            .range_mut(lsn + 1..)
+            .filter_map(|(_, e)| {
+                let Entry { rec, rebased, .. } = e;
+                match rec {
+                    Record::Commit {
+                        node: n, content, ..
+                    } if *n == node => Some((content, rebased)),
+                    _ => None,
+                }
+            })
+            .unzip()
     }
 
     /// Whether a record after `lsn` puts something new at `path`.
@@ -147,6 +190,24 @@ impl Queue {
         self.entries.get(&lsn).is_some_and(|e| e.recovered)
     }
 
+    /// Whether the record at `lsn` may have taken effect already: tried before (an error such
+    /// as a timeout can come after the provider did it) or found in the log at start.
+    fn maybe_done(&self, lsn: Lsn) -> bool {
+        self.entries
+            .get(&lsn)
+            .is_some_and(|e| e.recovered || e.attempts > 0)
+    }
+
+    /// Whether a record after `lsn` touches `path`, an ancestor or a descendant of it.
+    fn touched_after(&self, lsn: Lsn, path: &RemotePath) -> bool {
+        self.entries.range(lsn + 1..).any(|(_, e)| {
+            e.rec
+                .paths()
+                .iter()
+                .any(|p| path.starts_with(p) || p.starts_with(path))
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -159,9 +220,17 @@ impl Queue {
         self.entries.keys().copied().collect()
     }
 
-    /// Queued records in log order.
+    /// Queued records in log order, but those the namespace already knows to be applied.
     pub fn records(&self) -> impl Iterator<Item = &Record> {
-        self.entries.values().map(|e| &e.rec)
+        self.entries.values().filter(|e| !e.done).map(|e| &e.rec)
+    }
+
+    /// Whether a record touching `path` (it, or an ancestor) is being applied right now.
+    pub fn in_flight_at(&self, path: &RemotePath) -> bool {
+        self.entries
+            .values()
+            .filter(|e| e.in_flight && !e.done)
+            .any(|e| e.rec.paths().iter().any(|p| path.starts_with(p)))
     }
 
     pub fn contains(&self, lsn: Lsn) -> bool {
@@ -350,6 +419,9 @@ impl Queue {
 enum Outcome {
     /// Done; the provider now has this for the node (if it said).
     Applied(Option<RemoteEntry>),
+    /// Done as a conflict: the provider keeps this other version at the name, and the local
+    /// content was written to a conflict copy beside it.
+    Conflict(RemoteEntry),
     /// Nothing to do any more (superseded, already there, or not on the provider).
     Skipped,
 }
@@ -467,11 +539,12 @@ impl Vfs {
         };
         match result {
             Ok(outcome) => {
-                let remote = match outcome {
-                    Outcome::Applied(Some(e)) => Some((e.version, e.size)),
-                    Outcome::Applied(None) | Outcome::Skipped => None,
+                let (remote, conflict) = match outcome {
+                    Outcome::Applied(Some(e)) => (Some((e.version, e.size)), false),
+                    Outcome::Conflict(e) => (Some((e.version, e.size)), true),
+                    Outcome::Applied(None) | Outcome::Skipped => (None, false),
                 };
-                if let Err(e) = self.finish(lsn, &rec, remote).await {
+                if let Err(e) = self.finish(lsn, &rec, remote, conflict).await {
                     self.set_error(&e);
                     tracing::error!(error = %e, lsn, "could not record an applied operation");
                 }
@@ -558,6 +631,7 @@ impl Vfs {
         lsn: Lsn,
         rec: &Record,
         remote: Option<(cache::Version, u64)>,
+        conflict: bool,
     ) -> Result<(), FsError> {
         let inner = &self.inner;
         let (released, gone) = {
@@ -568,11 +642,33 @@ impl Vfs {
                     &Record::Applied {
                         lsn,
                         remote: remote.clone(),
+                        conflict,
                     }
                     .encode(),
                 )
                 .map_err(FsError::io)?;
-            replay_applied(&mut ns, rec, remote.as_ref(), inner.cfg.chunk_size);
+            {
+                // What replay does with the marker, with the commits of the node queued after
+                // this record (the same that replay finds between the two in the log).
+                let mut q = lock(&inner.queue);
+                let (mut later, flags) = q.later_commits(lsn, rec.node());
+                let changed = replay_applied(
+                    &mut ns,
+                    rec,
+                    remote.as_ref(),
+                    conflict,
+                    &mut later,
+                    inner.cfg.chunk_size,
+                );
+                for (f, c) in flags.into_iter().zip(changed) {
+                    *f |= c;
+                }
+                // The namespace has the outcome now: where the node is, say, no longer takes
+                // this record for one still to come (see `remote_location`).
+                if let Some(e) = q.entries.get_mut(&lsn) {
+                    e.done = true;
+                }
+            }
             inner.applied_epoch.fetch_add(1, Ordering::SeqCst);
             let id = rec.node();
             if let Some(n) = ns.get_mut(id) {
@@ -597,6 +693,9 @@ impl Vfs {
         if let Some(n) = gone {
             self.forget_node_data(&n);
         }
+        if conflict {
+            self.invalidate_inode(rec.node());
+        }
         // A re-apply after a crash takes inline chunks from the log record itself, so only
         // releasing chunks that exist nowhere else waits for the marker to be durable.
         let inline: BTreeSet<u64> = match rec {
@@ -609,17 +708,7 @@ impl Vfs {
             self.sync_log().await?;
         }
         for (key, keep_clean) in released {
-            let r = if keep_clean {
-                inner.cache.mark_clean(&key)
-            } else {
-                lock(&inner.pending_puts).remove(&key);
-                inner.cache.remove(&key)
-            };
-            if let Err(e) = r {
-                if !matches!(e, cache::CacheError::NotCached) {
-                    tracing::warn!(error = %e, "could not release an uploaded chunk");
-                }
-            }
+            self.release_chunk(&key, keep_clean);
         }
         // Done only now: a flush that sees the queue empty finds the chunks released too.
         lock(&inner.queue).complete(lsn);
@@ -637,6 +726,8 @@ impl Vfs {
     ) -> Vec<(cache::ChunkKey, bool)> {
         let q = lock(&self.inner.queue);
         let mut needed_dirty = BTreeSet::new();
+        // Cached copies of base chunks that queued commits still read.
+        let mut queued_alias = BTreeSet::new();
         for (_, e) in q.entries.iter().filter(|(l, _)| **l != lsn) {
             if let Record::Commit {
                 node: n, content, ..
@@ -644,6 +735,7 @@ impl Vfs {
             {
                 if *n == node {
                     needed_dirty.extend(content.local.iter().map(|(i, g)| (*i, *g)));
+                    queued_alias.extend(content.alias.iter().map(|(i, g)| (*i, *g)));
                 }
             }
         }
@@ -673,7 +765,10 @@ impl Vfs {
             .iter()
             .map(|(i, g)| (*i, *g))
             .filter(|c| !needed_dirty.contains(c))
-            .map(|(i, g)| (local_key(&oid, g, i), current_alias.contains(&(i, g))))
+            .map(|c| {
+                let clean = current_alias.contains(&c) || queued_alias.contains(&c);
+                (local_key(&oid, c.1, c.0), clean)
+            })
             .collect()
     }
 
@@ -770,14 +865,18 @@ impl Vfs {
                         // Not known (a file learned from a listing after the last checkpoint):
                         // what is at `from` is this file unless a later record made another.
                         (None, Ok(_)) if !recreated => {}
-                        (_, Err(ProviderError::NotFound(_))) | (None, _) | (Some(_), Ok(_)) => {
-                            return Ok(Outcome::Skipped)
+                        (_, Err(ProviderError::NotFound(_))) => {
+                            return self.renamed_already(lsn, to, *node).await
                         }
+                        (None, _) | (Some(_), Ok(_)) => return Ok(Outcome::Skipped),
                         (_, Err(e)) => return Err(e),
                     }
                 }
                 match p.rename(from, to, true).await {
                     Ok(e) => Ok(Outcome::Applied(Some(e))),
+                    Err(ProviderError::NotFound(_)) if lock(&self.inner.queue).maybe_done(lsn) => {
+                        self.renamed_already(lsn, to, *node).await
+                    }
                     Err(ProviderError::NotFound(_)) => Ok(Outcome::Skipped),
                     Err(e) => Err(e),
                 }
@@ -822,7 +921,52 @@ impl Vfs {
                 }
                 self.upload(path, *node, content, *mtime).await
             }
-            Record::Applied { .. } => Ok(Outcome::Skipped),
+            Record::Applied { .. } | Record::Learned { .. } => Ok(Outcome::Skipped),
+        }
+    }
+
+    /// A rename that may have taken effect before (see `Queue::maybe_done`) finds nothing at
+    /// its source: if what is at its target is the node as the drive knew it (a directory, or
+    /// a file or symlink of the size it knew) and no later record touches the target, the
+    /// earlier try did it: applied, with what the provider has there now (its version changed
+    /// with the rename; keeping the old one made the next upload a false conflict).
+    async fn renamed_already(
+        &self,
+        lsn: Lsn,
+        to: &RemotePath,
+        node: NodeId,
+    ) -> Result<Outcome, ProviderError> {
+        let (kind, size) = {
+            let ns = lock(&self.inner.ns);
+            match ns.get(node) {
+                Some(n) => (n.kind, n.remote.as_ref().map(|r| r.size)),
+                None => return Ok(Outcome::Skipped),
+            }
+        };
+        {
+            let q = lock(&self.inner.queue);
+            if q.recovered(lsn) && q.touched_after(lsn, to) {
+                return Ok(Outcome::Skipped);
+            }
+        }
+        use crate::provider::EntryKind;
+        match self.inner.provider.stat(to).await {
+            Ok(e) => {
+                let same = match (kind, e.kind) {
+                    (FileKind::Dir, EntryKind::Dir) => true,
+                    (FileKind::File, EntryKind::File) | (FileKind::Symlink, EntryKind::Symlink) => {
+                        size == Some(e.size)
+                    }
+                    _ => false,
+                };
+                Ok(if same {
+                    Outcome::Applied(Some(e))
+                } else {
+                    Outcome::Skipped
+                })
+            }
+            Err(ProviderError::NotFound(_)) => Ok(Outcome::Skipped),
+            Err(e) => Err(e),
         }
     }
 
@@ -911,15 +1055,15 @@ impl Vfs {
                 return Ok(Outcome::Applied(Some(cur.clone())));
             }
         }
-        if current.is_none() {
+        let Some(cur) = current else {
             // Deleted remotely: the local data is kept, at its name.
             let body = self.body(path.clone(), oid.clone(), content.clone());
             let e = p
                 .write(path, body, content.size, Precondition::IfNotExists, attrs)
                 .await?;
             return Ok(Outcome::Applied(Some(e)));
-        }
-        let _ = known;
+        };
+        let _ = (known, node);
         let mut n = 1;
         loop {
             let name = conflict_name(path.name(), &self.inner.hostname, SystemTime::now(), n);
@@ -943,22 +1087,8 @@ impl Vfs {
                     self.set_error(format!(
                         "conflict: {path} kept, local version saved as {cpath}"
                     ));
-                    // The node now shows the remote version; the copy appears on the next listing.
-                    let cur = current.clone();
-                    {
-                        let mut ns = lock(&self.inner.ns);
-                        if let (Some(nd), Some(cur)) = (ns.get_mut(node), cur.as_ref()) {
-                            nd.content = Content::remote(cur.version.clone(), cur.size);
-                            nd.cached_version = None;
-                        }
-                        if let Some(parent) = ns.get(node).map(|nd| nd.parent) {
-                            if let Some(d) = ns.get_mut(parent) {
-                                d.listed_at = None;
-                            }
-                        }
-                    }
-                    self.invalidate_inode(node);
-                    return Ok(Outcome::Applied(current));
+                    // What the node shows now is for `finish` to decide (`replay_applied`).
+                    return Ok(Outcome::Conflict(cur));
                 }
                 Err(ProviderError::AlreadyExists(_) | ProviderError::PreconditionFailed { .. })
                     if n < 100 =>

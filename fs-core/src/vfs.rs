@@ -10,9 +10,10 @@
 //! 3. A checkpoint (`snapshot.rs`) saves the namespace; the log before it is discarded once
 //!    applied.
 //!
-//! After a crash, [`Vfs::open`] loads the last checkpoint, replays the log into the namespace,
-//! requeues what was not applied, drops dirty chunks no committed record references, and
-//! commits files created and never closed (as their close would have).
+//! After a crash, [`Vfs::open`] loads the last checkpoint, replays the log into the namespace
+//! (queued commits following the uploads of their file as they did live), requeues what was not
+//! applied, drops dirty chunks no committed record references, and commits files created and
+//! never closed (as their close would have).
 //!
 //! # State of a file's data
 //! `Clean → Dirty (written, in the write buffer or dirty chunks) → Committed (close/fsync: a
@@ -111,7 +112,7 @@ pub(crate) struct Inner {
     pub bufs: Mutex<HashMap<NodeId, WriteBuf>>,
     /// Committed small files' chunks on their way into the cache (their bytes are inline in the
     /// log): readers and the uploader look here first.
-    pub pending_puts: Mutex<HashMap<ChunkKey, Bytes>>,
+    pub pending_puts: Mutex<HashMap<ChunkKey, PendingPut>>,
     /// Dirty chunks spilled without fsync, per file, synced by its next commit.
     pub unsynced: Mutex<HashMap<NodeId, Vec<ChunkKey>>>,
     pub node_locks: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
@@ -128,6 +129,13 @@ pub(crate) struct Inner {
     pub applied_epoch: AtomicU64,
     /// Set by [`Vfs::close`]: background tasks stop.
     pub shutdown: std::sync::atomic::AtomicBool,
+}
+
+/// A committed small file's chunk on its way into the cache.
+pub(crate) struct PendingPut {
+    pub data: Bytes,
+    /// Released while the put ran (`Some(keep_clean)`): carried out once the put is done.
+    pub released: Option<bool>,
 }
 
 /// The file system. Cheap to clone (shared state).
@@ -212,7 +220,7 @@ impl Vfs {
             }
         }
         let requeued = |lsn: Lsn, rec: &Record| {
-            !matches!(rec, Record::Applied { .. })
+            !matches!(rec, Record::Applied { .. } | Record::Learned { .. })
                 && lsn >= cp.applied_below
                 && !applied.contains(&lsn)
         };
@@ -229,35 +237,93 @@ impl Vfs {
         for n in ns.nodes.values_mut() {
             n.pending = pending_of(n.id);
         }
-        for (lsn, rec) in &records {
-            if *lsn < cp.lsn {
-                continue;
+        // Directories that records need but the namespace does not know (learned from a
+        // listing after the checkpoint; such news is not journaled) are made during replay with
+        // ids of their own: above every id the log names, which live were allocated after the
+        // checkpoint's `next_id` too (a collision made a node its own parent).
+        let log_max = records
+            .iter()
+            .flat_map(|(_, r)| match r {
+                Record::Rename {
+                    node,
+                    replaced: Some(t),
+                    ..
+                } => vec![node.0, t.0],
+                r => vec![r.node().0],
+            })
+            .max()
+            .unwrap_or(0);
+        ns.next_id = ns.next_id.max(log_max + 1);
+        // Queued commits whose content followed uploads done before the checkpoint: as the
+        // checkpoint saved them (the log has them as they were journaled).
+        let mut rebased = vec![false; records.len()];
+        for (lsn, content) in &cp.rebased {
+            if let Some(&i) = by_lsn.get(lsn) {
+                if let Record::Commit { content: c, .. } = &mut records[i].1 {
+                    *c = content.clone();
+                    rebased[i] = true;
+                }
             }
-            match rec {
+        }
+        for p in 0..records.len() {
+            let lsn = records[p].0;
+            match &records[p].1 {
                 Record::Applied {
                     lsn: target,
                     remote,
+                    conflict,
                 } => {
-                    if let Some(&i) = by_lsn.get(target) {
-                        replay_applied(&mut ns, &records[i].1, remote.as_ref(), cfg.chunk_size);
+                    let Some(&i) = by_lsn.get(target).filter(|&&i| i < p) else {
+                        continue;
+                    };
+                    if lsn < cp.lsn {
+                        continue;
+                    }
+                    let (remote, conflict) = (remote.clone(), *conflict);
+                    // The commits of the same node journaled between the record and its marker
+                    // were queued when the marker was journaled: they follow as they did then.
+                    let (head, tail) = records.split_at_mut(i + 1);
+                    let rec = &head[i].1;
+                    let node = rec.node();
+                    let (mut later, idx): (Vec<&mut Content>, Vec<usize>) = tail[..p - i - 1]
+                        .iter_mut()
+                        .enumerate()
+                        .filter_map(|(k, (_, r))| match r {
+                            Record::Commit {
+                                node: n, content, ..
+                            } if *n == node => Some((content, i + 1 + k)),
+                            _ => None,
+                        })
+                        .unzip();
+                    let changed = replay_applied(
+                        &mut ns,
+                        rec,
+                        remote.as_ref(),
+                        conflict,
+                        &mut later,
+                        cfg.chunk_size,
+                    );
+                    for (k, c) in idx.into_iter().zip(changed) {
+                        rebased[k] |= c;
                     }
                 }
-                rec => {
+                rec if lsn >= cp.lsn => {
                     replay(&mut ns, rec);
                     if let Some(n) = ns.get_mut(rec.node()) {
                         n.pending = pending_of(n.id);
                     }
                 }
+                _ => {}
             }
         }
         ns.tombstones.clear();
         let mut queue = Queue::default();
         let now = Instant::now();
-        for (lsn, rec) in &records {
+        for (k, (lsn, rec)) in records.iter().enumerate() {
             if !requeued(*lsn, rec) {
                 continue;
             }
-            queue.push_recovered(*lsn, rec.clone(), now);
+            queue.push_recovered(*lsn, rec.clone(), now, rebased[k]);
             match rec {
                 Record::Remove { path, .. } => ns.add_tombstone(path.clone()),
                 Record::Rename { from, .. } => ns.add_tombstone(from.clone()),
@@ -352,8 +418,13 @@ impl Vfs {
                     ns.get(*node).map(|n| n.object_id())
                 }
                 .unwrap_or_else(|| cache::ObjectId::from(format!("n{}.0", node.0)));
-                for (i, g) in content.local_chunks() {
+                for (&i, &g) in &content.local {
                     keep.insert(inner.cache.name_of(&local_key(&oid, g, i)));
+                }
+                // Cached copies of what the provider has (an upload of the file finished
+                // after this commit was journaled): needed clean, not dirty.
+                for (&i, &g) in &content.alias {
+                    clean.push(local_key(&oid, g, i));
                 }
                 for (i, data) in inline {
                     let Some(g) = gen_of(*i) else { continue };
@@ -484,6 +555,7 @@ impl Vfs {
                     .copied()
                     .filter(|l| *l >= applied_below)
                     .collect(),
+                rebased: q.rebased_commits(),
             };
             let bytes = store
                 .save(&dir, &inner.cache, &ns, &cp)
@@ -608,11 +680,7 @@ impl Vfs {
         lock(&self.inner.unsynced).remove(&n.id);
         let oid = n.object_id();
         for (&i, &g) in &n.content.local {
-            let key = local_key(&oid, g, i);
-            lock(&self.inner.pending_puts).remove(&key);
-            if let Err(e) = self.inner.cache.remove(&key) {
-                tracing::warn!(error = %e, "could not drop the data of a removed file");
-            }
+            self.release_chunk(&local_key(&oid, g, i), false);
         }
     }
 
@@ -651,10 +719,29 @@ fn known_dir(ns: &mut Namespace, path: &RemotePath) -> Option<NodeId> {
     Some(cur)
 }
 
+/// A record names `node` at `path`, but the namespace does not know the node: it was learned
+/// from a listing after the last checkpoint (not journaled). If replay made it again under
+/// another id (a directory a record's path needed), that node is this one.
+fn adopt(ns: &mut Namespace, node: NodeId, path: &RemotePath) {
+    if ns.get(node).is_none() {
+        if let Some(id) = ns.resolve(path) {
+            ns.rekey(id, node);
+        }
+    }
+}
+
 fn replay(ns: &mut Namespace, rec: &Record) {
     let now = SystemTime::now();
     let parent_of =
         |ns: &mut Namespace, path: &RemotePath| path.parent().and_then(|p| known_dir(ns, &p));
+    match rec {
+        Record::Remove { path, node, .. }
+        | Record::Rename {
+            from: path, node, ..
+        }
+        | Record::SetAttr { path, node, .. } => adopt(ns, *node, path),
+        _ => {}
+    }
     match rec {
         Record::Mkdir {
             path,
@@ -753,31 +840,75 @@ fn replay(ns: &mut Namespace, rec: &Record) {
                 if let Some(old) = ns.child(parent, path.name()) {
                     ns.detach(old);
                 }
-                let mut n = new_node(*node, parent, path.name(), FileKind::File, 0o644, *mtime);
-                n.remote = content.base.as_ref().map(|b| RemoteState {
-                    version: b.version.clone(),
-                    size: b.size,
-                });
+                let n = new_node(*node, parent, path.name(), FileKind::File, 0o644, *mtime);
                 ns.insert(n);
             }
             if let Some(n) = ns.get_mut(*node) {
+                // The commit was made on the remote version its content names: that is what the
+                // provider had for the node then, and what its upload is conditional on. A
+                // listing may have told the drive of it after the last checkpoint (such news is
+                // not journaled), so the node's last replayed state may be older. A content
+                // without a base (a new file, or one renamed over another) keeps what the node
+                // knows.
+                if let Some(b) = &content.base {
+                    n.remote = Some(RemoteState {
+                        version: b.version.clone(),
+                        size: b.size,
+                    });
+                }
                 n.content = content.clone();
                 n.content.gen = content.gen + 1;
                 n.mtime = *mtime;
                 n.dirty = false;
             }
         }
+        Record::Learned {
+            node,
+            remote: (v, size),
+        } => {
+            // What the merge of the listing did.
+            if let Some(n) = ns.get_mut(*node) {
+                if n.kind == FileKind::File {
+                    let gen = n.content.gen;
+                    n.content = Content::remote(v.clone(), *size);
+                    n.content.gen = gen;
+                    n.cached_version = None;
+                }
+                n.remote = Some(RemoteState {
+                    version: v.clone(),
+                    size: *size,
+                });
+            }
+        }
         Record::Applied { .. } => {}
     }
 }
 
-/// Replays the provider's answer to an applied record into the namespace.
+/// Replays the provider's answer to an applied record into the namespace (live, the uploader
+/// calls it when a record is done; after a crash, replay calls it for each `Applied` marker).
+///
+/// `later` are the contents of the commits of the same node journaled after `rec` and still
+/// queued when its marker was journaled. They follow the node's content into the new frame (a
+/// commit's upload rebases them on it too; a rename's or attribute change's new version
+/// replaces the old one in their base), so that every queued commit stays an earlier state of
+/// the node's content in the same frame, which is what [`Content::rebase`] reasons with, and
+/// their uploads read base chunks of a version the provider still has. Returns, for each of
+/// `later`, whether it changed.
+///
+/// A conflict (`conflict`: the provider had another version, `remote`, which stays at the name;
+/// the local content went to a conflict copy) makes the node show that version, unless later
+/// commits of it are queued or it has writes not committed yet: those were made on the same
+/// older version, so they keep the node's content and remote state as they are and conflict in
+/// turn, rather than overwrite the remote change or be dropped.
 pub(crate) fn replay_applied(
     ns: &mut Namespace,
     rec: &Record,
     remote: Option<&(cache::Version, u64)>,
+    conflict: bool,
+    later: &mut [&mut Content],
     chunk_size: u64,
-) {
+) -> Vec<bool> {
+    let mut changed = vec![false; later.len()];
     let id = rec.node();
     if let Some((v, size)) = remote {
         let state = RemoteState {
@@ -792,13 +923,56 @@ pub(crate) fn replay_applied(
     {
         ns.rename_over_applied(id, *r, remote.is_some());
     }
+    if conflict {
+        let Some(n) = ns.get_mut(id) else {
+            return changed;
+        };
+        if let Some((v, size)) = remote {
+            if n.kind == FileKind::File && later.is_empty() && !n.dirty {
+                // New writes still go to fresh generations.
+                let gen = n.content.gen;
+                n.content = Content::remote(v.clone(), *size);
+                n.content.gen = gen;
+                n.remote = Some(RemoteState {
+                    version: v.clone(),
+                    size: *size,
+                });
+                n.cached_version = None;
+            }
+        }
+        // The conflict copy shows on the next listing.
+        let parent = n.parent;
+        if let Some(d) = ns.get_mut(parent) {
+            d.listed_at = None;
+        }
+        return changed;
+    }
+    if let (Record::Commit { content, .. }, Some((v, _))) = (rec, remote) {
+        for (c, ch) in later.iter_mut().zip(changed.iter_mut()) {
+            *ch = c.rebase(content, v.clone(), chunk_size);
+            if !*ch {
+                tracing::warn!(node = id.0, "a queued commit could not follow an upload");
+            }
+        }
+    }
     let Some(n) = ns.get_mut(id) else {
-        return;
+        return changed;
     };
     match rec {
         Record::Commit { content, .. } => {
             if let Some((v, size)) = remote {
-                n.content.rebase(content, v.clone(), chunk_size);
+                if !n.content.rebase(content, v.clone(), chunk_size) {
+                    // Not in the frame of the commit (a log or checkpoint from before queued
+                    // commits were rebased): if nothing was written since, the file is the
+                    // uploaded state all the same.
+                    let unchanged = n.content.gen == content.gen + 1 && !n.dirty;
+                    tracing::warn!(node = id.0, unchanged, "upload in another frame");
+                    if unchanged {
+                        let gen = n.content.gen;
+                        n.content = Content::settled(content, v.clone(), chunk_size);
+                        n.content.gen = gen;
+                    }
+                }
                 n.remote = Some(RemoteState {
                     version: v.clone(),
                     size: *size,
@@ -821,10 +995,18 @@ pub(crate) fn replay_applied(
         _ => {
             if let Some((v, size)) = remote {
                 if n.kind == FileKind::File {
-                    if let (Some(b), Some(r)) = (n.content.base.as_mut(), n.remote.as_ref()) {
+                    if let Some(old) = n.remote.as_ref().map(|r| r.version.clone()) {
                         // Same bytes under a new version (rename, attributes).
-                        if b.version == r.version {
-                            b.version = v.clone();
+                        let follow = |c: &mut Content| match c.base.as_mut() {
+                            Some(b) if b.version == old => {
+                                b.version = v.clone();
+                                true
+                            }
+                            _ => false,
+                        };
+                        follow(&mut n.content);
+                        for (c, ch) in later.iter_mut().zip(changed.iter_mut()) {
+                            *ch = follow(c);
                         }
                     }
                 }
@@ -835,6 +1017,7 @@ pub(crate) fn replay_applied(
             }
         }
     }
+    changed
 }
 
 pub(crate) fn new_node(

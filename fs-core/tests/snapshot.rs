@@ -267,8 +267,18 @@ fn sample() -> (Namespace, Checkpoint) {
         lsn: 42,
         applied_below: 30,
         applied: vec![31, 35, 40],
+        rebased: vec![(35, rebased_content())],
     };
     (ns, cp)
+}
+
+/// The content of a queued commit that followed an upload (a checkpoint keeps it).
+fn rebased_content() -> Content {
+    let mut c = Content::remote(Version::from("SecretBaseVersion"), 70_000);
+    c.local.insert(1, 4);
+    c.alias.insert(0, 3);
+    c.gen = 4;
+    c
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -319,6 +329,41 @@ fn round_trip_keeps_every_persistent_field() {
     let (_, again, again_cp) = load(&cache);
     assert_eq!(again_cp, Checkpoint::default());
     assert_same(&got, &again);
+}
+
+#[test]
+fn version_1_files_are_still_read() {
+    // A version 1 file is a version 2 one without the list of rebased commits, sealed with
+    // "v1" in its associated data. Built here from a version 2 file.
+    let (_tmp, cache) = new_cache(BIG);
+    let ns = small();
+    let cp = Checkpoint {
+        lsn: 5,
+        applied_below: 3,
+        applied: vec![4],
+        ..Checkpoint::default()
+    };
+    let mut store = fresh_store(&cache);
+    save(&cache, &mut store, &ns, &cp);
+    let path = cache.dir().join(FILE_NAME);
+    let v2 = fs::read(&path).unwrap();
+    assert_eq!(&v2[4..6], &2u16.to_le_bytes());
+    let cipher = cache.record_cipher("namespace");
+    let body = cipher.open(b"syncoxide namespace v2", &v2[16..]).unwrap();
+    // lsn, applied_below, count, one applied LSN: then the (empty) rebased list's count.
+    let at = 8 * 4;
+    assert_eq!(&body[at..at + 8], &[0u8; 8]);
+    let v1_body = [&body[..at], &body[at + 8..]].concat();
+    let sealed = cipher.seal(b"syncoxide namespace v1", &v1_body);
+    let mut v1 = b"SOXN".to_vec();
+    v1.extend_from_slice(&1u16.to_le_bytes());
+    v1.extend_from_slice(&[0, 0]);
+    v1.extend_from_slice(&(sealed.len() as u64).to_le_bytes());
+    v1.extend_from_slice(&sealed);
+    fs::write(&path, &v1).unwrap();
+    let (_, got, got_cp) = load(&cache);
+    assert_same(&ns, &got);
+    assert_eq!(got_cp, cp);
 }
 
 #[test]
@@ -507,6 +552,7 @@ fn random_trees_round_trip() {
                 lsn,
                 applied_below: 100,
                 applied: applied.into_iter().map(|a| a + 100).collect(),
+                ..Checkpoint::default()
             };
             save(&cache, &mut store.borrow_mut(), &ns, &cp);
             let (_, got, got_cp) = load(&cache);
@@ -593,6 +639,7 @@ fn every_damaged_byte_is_detected() {
         lsn: 5,
         applied_below: 3,
         applied: vec![4],
+        ..Checkpoint::default()
     };
     let mut store = fresh_store(&cache);
     save(&cache, &mut store, &ns, &cp);
@@ -697,6 +744,7 @@ fn an_inconsistent_namespace_is_not_saved() {
         lsn: 9,
         applied_below: 5,
         applied: vec![4],
+        ..Checkpoint::default()
     };
     assert!(matches!(
         store.save(cache.dir(), &cache, &small(), &cp),
@@ -815,6 +863,7 @@ fn a_save_without_room_fails_and_keeps_the_previous_file() {
         lsn: 1,
         applied_below: 1,
         applied: vec![],
+        ..Checkpoint::default()
     };
     save(&cache, &mut store, &ns, &cp);
     let path = cache.dir().join(FILE_NAME);

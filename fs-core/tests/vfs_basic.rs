@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use cache::{CacheConfig, CacheLimit, ChunkCache, KdfParams, Passphrase};
 use fs_core::provider::memory::{MemoryProvider, SnapshotEntry};
+use fs_core::provider::{
+    ByteStream, Capabilities, ListPage, ObjectAttrs, Precondition, Provider, RemoteEntry,
+    RemotePath, Result as PResult, Version,
+};
 use fs_core::{NodeId, OpenFlags, RenameFlags, Vfs, VfsConfig};
 
 fn cfg() -> VfsConfig {
@@ -261,4 +265,139 @@ async fn a_file_three_times_the_cache_is_written_and_read_within_the_limit() {
     );
     assert_eq!(read_all(&vfs, attr.ino).await, big);
     assert!(cache.usage().used_bytes <= limit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_keeps_every_local_commit_and_the_remote_change() {
+    // Two commits of `f` are queued when a crash comes (after it both are uploaded, being
+    // recovered); meanwhile `f` changed on the provider. The first upload conflicts: its
+    // content goes to a conflict copy. The second one was made on the same old version: it
+    // must conflict too, not overwrite the remote change (it did once the first conflict had
+    // taken the remote version as the node's), and the drive shows the remote version at the
+    // name in the end.
+    let d = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryProvider::new());
+    let (first, second, theirs) = (data(100, 1), data(70_000, 2), data(50, 3));
+    {
+        let vfs = Vfs::new(cfg(), open_cache(d.path()), mem.clone()).unwrap();
+        vfs.spawn_uploader();
+        write_file(&vfs, NodeId::ROOT, "f", b"original").await;
+        vfs.flush_all(Duration::from_secs(10)).await.unwrap();
+    }
+    {
+        let mut c = cfg();
+        c.write_back_delay = Duration::from_secs(3600);
+        let vfs = Vfs::new(c, open_cache(d.path()), mem.clone()).unwrap();
+        vfs.spawn_uploader();
+        write_file(&vfs, NodeId::ROOT, "f", &first).await;
+        write_file(&vfs, NodeId::ROOT, "f", &second).await;
+        // "Crash".
+    }
+    mem.put_file("f", &theirs);
+    let vfs = Vfs::new(cfg(), open_cache(d.path()), mem.clone()).unwrap();
+    vfs.spawn_uploader();
+    vfs.flush_all(Duration::from_secs(10)).await.unwrap();
+    let snap = mem.snapshot();
+    assert_eq!(snap.get("f"), Some(&SnapshotEntry::File(theirs.clone())));
+    let copies: Vec<&Vec<u8>> = snap
+        .iter()
+        .filter(|(k, _)| k.starts_with("f.conflict-"))
+        .map(|(_, e)| match e {
+            SnapshotEntry::File(b) => b,
+            e => panic!("{e:?}"),
+        })
+        .collect();
+    assert_eq!(copies.len(), 2, "{:?}", snap.keys().collect::<Vec<_>>());
+    assert!(copies.contains(&&first) && copies.contains(&&second));
+    let f = vfs.lookup(NodeId::ROOT, "f").await.unwrap();
+    assert_eq!(read_all(&vfs, f.ino).await, theirs);
+    assert_eq!(vfs.cache().usage().dirty_chunks, 0);
+    assert_eq!(vfs.status().conflicts, 2);
+}
+
+/// The memory provider, but a rename returns only a while after it took effect (the window in
+/// which the provider has the new name and the drive does not know it yet).
+struct SlowRenameAnswers(Arc<MemoryProvider>, Duration);
+
+#[async_trait::async_trait]
+impl Provider for SlowRenameAnswers {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    async fn stat(&self, path: &RemotePath) -> PResult<RemoteEntry> {
+        self.0.stat(path).await
+    }
+    async fn list(&self, dir: &RemotePath, page: Option<String>) -> PResult<ListPage> {
+        self.0.list(dir, page).await
+    }
+    async fn read(
+        &self,
+        path: &RemotePath,
+        version: &Version,
+        offset: u64,
+        len: u64,
+    ) -> PResult<ByteStream> {
+        self.0.read(path, version, offset, len).await
+    }
+    async fn write(
+        &self,
+        path: &RemotePath,
+        body: ByteStream,
+        len: u64,
+        pre: Precondition,
+        attrs: ObjectAttrs,
+    ) -> PResult<RemoteEntry> {
+        self.0.write(path, body, len, pre, attrs).await
+    }
+    async fn delete(&self, path: &RemotePath, pre: Precondition) -> PResult<()> {
+        self.0.delete(path, pre).await
+    }
+    async fn mkdir(&self, path: &RemotePath) -> PResult<RemoteEntry> {
+        self.0.mkdir(path).await
+    }
+    async fn rmdir(&self, path: &RemotePath) -> PResult<()> {
+        self.0.rmdir(path).await
+    }
+    async fn rename(
+        &self,
+        from: &RemotePath,
+        to: &RemotePath,
+        replace: bool,
+    ) -> PResult<RemoteEntry> {
+        let r = self.0.rename(from, to, replace).await;
+        tokio::time::sleep(self.1).await;
+        r
+    }
+    async fn symlink(&self, path: &RemotePath, target: &str) -> PResult<RemoteEntry> {
+        self.0.symlink(path, target).await
+    }
+    async fn set_attrs(&self, path: &RemotePath, attrs: ObjectAttrs) -> PResult<RemoteEntry> {
+        self.0.set_attrs(path, attrs).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_while_a_rename_of_the_file_takes_effect_waits_for_it() {
+    // The file was never read, so its bytes must come from the provider, where the rename has
+    // happened: the drive still had it at the old name (its record in flight), the read got
+    // NotFound. It now waits for the rename's outcome and reads at the new name.
+    let d = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryProvider::new());
+    let content = data(1000, 4);
+    mem.put_file("b", &content);
+    let slow = Arc::new(SlowRenameAnswers(mem.clone(), Duration::from_millis(300)));
+    let vfs = Vfs::new(cfg(), open_cache(d.path()), slow).unwrap();
+    vfs.spawn_uploader();
+    let b = vfs.lookup(NodeId::ROOT, "b").await.unwrap();
+    vfs.rename(NodeId::ROOT, "b", NodeId::ROOT, "a", RenameFlags::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(mem.file("a").is_some(), "the provider renamed it already");
+    assert_eq!(read_all(&vfs, b.ino).await, content);
+    vfs.flush_all(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(read_all(&vfs, b.ino).await, content);
 }
