@@ -538,7 +538,7 @@ impl Vfs {
             }
         }
         let vfs = self.clone();
-        tokio::spawn(async move {
+        drop(self.spawn_background(async move {
             for (key, data) in keys {
                 let put = vfs
                     .inner
@@ -566,7 +566,7 @@ impl Vfs {
                     }
                 }
             }
-        });
+        }));
     }
 
     /// A committed small file's chunk not yet in the cache.

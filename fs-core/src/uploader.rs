@@ -446,7 +446,7 @@ impl Vfs {
             });
         }
         let weak = std::sync::Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
+        self.spawn_background(async move {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 if inner.shutdown.load(Ordering::SeqCst) {

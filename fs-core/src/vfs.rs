@@ -101,6 +101,9 @@ pub(crate) struct Counters {
 }
 
 pub(crate) struct Inner {
+    /// Where background work runs (uploads, cache puts after a close): a runtime of
+    /// lower-priority threads if the embedder gave one ([`Vfs::set_background`]).
+    pub background: std::sync::OnceLock<tokio::runtime::Handle>,
     pub cfg: VfsConfig,
     pub cache: Arc<ChunkCache>,
     pub provider: Arc<dyn Provider>,
@@ -353,6 +356,7 @@ impl Vfs {
             bufs: Mutex::new(HashMap::new()),
             unsynced: Mutex::new(HashMap::new()),
             pending_puts: Mutex::new(HashMap::new()),
+            background: std::sync::OnceLock::new(),
             node_locks: Mutex::new(HashMap::new()),
             flights: SingleFlight::new(),
             queue: Mutex::new(queue),
@@ -612,6 +616,24 @@ impl Vfs {
     /// Hands everything journaled so far to the operating system: it survives a crash of this
     /// process at once, and a power loss after the next [`Vfs::sync_log`] (namespace changes
     /// get the durability of a local file system without `dirsync`; close and fsync sync).
+    /// Runs background work (uploads, cache puts after a close) on `rt` from now on, e.g. a
+    /// runtime whose threads have a lower priority than those answering requests. Set once,
+    /// before [`Vfs::spawn_uploader`]; without it, background work runs on the current runtime.
+    pub fn set_background(&self, rt: tokio::runtime::Handle) {
+        let _ = self.inner.background.set(rt);
+    }
+
+    /// Spawns background work (see [`Vfs::set_background`]).
+    pub(crate) fn spawn_background<F>(&self, fut: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match self.inner.background.get() {
+            Some(rt) => rt.spawn(fut),
+            None => tokio::spawn(fut),
+        }
+    }
+
     pub(crate) fn log_to_os(&self) -> FsResult<()> {
         self.inner.wal.write_through().map_err(|e| {
             tracing::error!(error = %e, "write-ahead log write failed");

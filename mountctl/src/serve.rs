@@ -40,14 +40,33 @@ pub fn run(plan: &MountPlan, passphrase: String, ready: &mut Ready) -> Result<()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    let r = serve(&rt, plan, passphrase, ready);
+    // The uploader and its provider calls run on threads of lower priority (nice +10): when
+    // the CPU is busy, requests of programs on the mount come first and uploads take the rest.
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("syncoxide-upload")
+        .on_thread_start(|| {
+            // Linux: the calling thread only.
+            if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
+                tracing::debug!(error = %e, "could not lower the priority of an upload thread");
+            }
+        })
+        .enable_all()
+        .build()
+        .context("cannot start the upload runtime")?;
+    let r = serve(&rt, &background, plan, passphrase, ready);
     // Uploads still running are cut off; the write-ahead log keeps them for the next mount.
+    background.shutdown_timeout(Duration::from_secs(2));
     rt.shutdown_timeout(Duration::from_secs(2));
     r
 }
 
+/// Nice value of the upload threads.
+const BACKGROUND_NICE: i32 = 10;
+
 fn serve(
     rt: &tokio::runtime::Runtime,
+    background: &tokio::runtime::Runtime,
     plan: &MountPlan,
     passphrase: String,
     ready: &mut Ready,
@@ -75,6 +94,7 @@ fn serve(
             plan.cache_dir.display()
         )
     })?;
+    vfs.set_background(background.handle().clone());
     let _uploader = vfs.spawn_uploader();
 
     let mut signals = Signals::new()?;
