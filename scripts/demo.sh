@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 DEMO="${SYNCOXIDE_DEMO_DIR:-/tmp/syncoxide-demo}"
 export SYNCOXIDE_PASSPHRASE="${SYNCOXIDE_PASSPHRASE:-demo}"
 MOUNTCTL="$PWD/target/release/mountctl"
-[ -x "$MOUNTCTL" ] || cargo build --release -j "${JOBS:-2}" -p mountctl
+# Always: a binary left from an older checkout would run old code (cheap when up to date).
+cargo build --release -j "${JOBS:-2}" -p mountctl
 mkdir -p "$DEMO/remote" "$DEMO/mnt"
 if [ -z "$(ls -A "$DEMO/remote")" ]; then
   echo "hello from the remote folder" > "$DEMO/remote/hello.txt"
