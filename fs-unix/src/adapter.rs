@@ -784,9 +784,11 @@ impl Filesystem for Adapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        // Answered inline: the kernel asks for security.capability before writes.
+        // No extended attributes yet. ENOSYS, not ENODATA: the kernel then stops asking (it
+        // asks for security.capability before every write: one request per write saved) and
+        // answers EOPNOTSUPP itself, as a filesystem without xattrs does.
         let _span = debug_span!("fuse", op = "getxattr", ino = ino.0, ?name, size).entered();
-        reply.error(Errno::ENODATA);
+        reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {

@@ -469,6 +469,25 @@ fn unlinked_open_file_stays_readable() {
     assert!(tree.is_empty(), "{tree:?}");
 }
 
+/// No extended attributes yet: reading one fails with EOPNOTSUPP (the kernel's own answer
+/// once the drive said ENOSYS, so writes stop costing a getxattr request), listing shows none,
+/// setting one is refused; the file itself is untouched.
+#[test]
+fn extended_attributes_are_not_supported() {
+    let (d, mem) = Drive::memory();
+    fs::write(d.p("f"), b"data").unwrap();
+    let f = d.p("f");
+    for _ in 0..2 {
+        let e = rustix::fs::getxattr(&f, "user.test", &mut [0u8; 64][..]).unwrap_err();
+        assert_eq!(e, rustix::io::Errno::OPNOTSUPP);
+    }
+    assert_eq!(rustix::fs::listxattr_query(&f), Ok(0));
+    assert!(rustix::fs::setxattr(&f, "user.test", b"1", rustix::fs::XattrFlags::empty()).is_err());
+    fs::write(d.p("f"), b"written after").unwrap();
+    assert_eq!(fs::read(d.p("f")).unwrap(), b"written after");
+    finish(d, &mem);
+}
+
 #[test]
 fn hard_links_are_refused() {
     let (d, mem) = Drive::memory();
