@@ -526,7 +526,12 @@ impl Vfs {
             let dirs = {
                 let mut q = lock(&self.inner.queue);
                 q.free_slot(lsn);
-                self.times_to_restore(&q, lsn, &rec)
+                // A skipped record changed nothing on the provider: no time to set back.
+                if matches!(outcome, Outcome::Skipped) {
+                    Vec::new()
+                } else {
+                    self.times_to_restore(&q, lsn, &rec)
+                }
             };
             self.inner.queue_changed.notify_one();
             self.restore_times(dirs).await?;
