@@ -31,6 +31,89 @@ pub struct VfsConfig {
     pub provider_timeout: Duration,
     /// Write-back buffer per file before chunks are spilled to the cache.
     pub write_buffer_chunks: usize,
+    /// How often the provider is polled for remote changes (known directories listed again);
+    /// `Duration::ZERO` turns polling off.
+    pub poll_interval: Duration,
+    /// How long a read of data that is not cached waits for an unreachable provider before it
+    /// fails (EIO); once the drive knows it is offline such reads fail at once.
+    pub offline_timeout: Duration,
+    /// Who wins when a file changed both here and on the provider.
+    pub conflict: ConflictPolicy,
+    /// What becomes of the losing version under a policy that picks a winner.
+    pub conflict_loser: ConflictLoser,
+    /// Three-way line merge of text files changed on both sides (base version still cached);
+    /// overlapping changes fall back to `conflict`.
+    pub auto_merge: bool,
+}
+
+/// `--conflict`: what happens when an upload finds the provider at another version than the one
+/// the local change started from. See docs/CONFLICTS.md.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConflictPolicy {
+    /// The remote version stays at the name; the local one is written beside it as a conflict
+    /// copy.
+    #[default]
+    KeepBoth,
+    /// The version with the later modification time wins.
+    Newer,
+    /// The version with the earlier modification time wins.
+    Older,
+    /// The larger version wins.
+    Larger,
+    /// The smaller version wins.
+    Smaller,
+    /// The local version wins.
+    Local,
+    /// The remote version wins.
+    Remote,
+}
+
+impl ConflictPolicy {
+    pub const NAMES: [&'static str; 7] = [
+        "keep-both",
+        "newer",
+        "older",
+        "larger",
+        "smaller",
+        "local",
+        "remote",
+    ];
+
+    /// Parses a `--conflict` value.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "keep-both" => ConflictPolicy::KeepBoth,
+            "newer" => ConflictPolicy::Newer,
+            "older" => ConflictPolicy::Older,
+            "larger" => ConflictPolicy::Larger,
+            "smaller" => ConflictPolicy::Smaller,
+            "local" => ConflictPolicy::Local,
+            "remote" => ConflictPolicy::Remote,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConflictPolicy::KeepBoth => "keep-both",
+            ConflictPolicy::Newer => "newer",
+            ConflictPolicy::Older => "older",
+            ConflictPolicy::Larger => "larger",
+            ConflictPolicy::Smaller => "smaller",
+            ConflictPolicy::Local => "local",
+            ConflictPolicy::Remote => "remote",
+        }
+    }
+}
+
+/// `--conflict-loser`: the version a policy did not pick.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConflictLoser {
+    /// Kept as a conflict copy beside the winner.
+    #[default]
+    Keep,
+    /// Deleted (the user asked for it).
+    Delete,
 }
 
 impl Default for VfsConfig {
@@ -49,6 +132,11 @@ impl Default for VfsConfig {
             inline_max: 64 << 10,
             provider_timeout: Duration::from_secs(30),
             write_buffer_chunks: 4,
+            poll_interval: Duration::from_secs(60),
+            offline_timeout: Duration::from_secs(5),
+            conflict: ConflictPolicy::KeepBoth,
+            conflict_loser: ConflictLoser::Keep,
+            auto_merge: false,
         }
     }
 }

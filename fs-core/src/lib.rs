@@ -18,7 +18,7 @@ pub mod vfs;
 pub mod wal;
 
 pub use cache;
-pub use config::VfsConfig;
+pub use config::{ConflictLoser, ConflictPolicy, VfsConfig};
 pub use error::{FsError, FsResult};
 pub use types::*;
 pub use vfs::{Invalidator, LocalDiskWaitAllowed, Status, Vfs};

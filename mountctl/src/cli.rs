@@ -107,6 +107,29 @@ pub struct MountArgs {
     /// How long a directory listing is trusted before it is read again from the remote.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = crate::units::parse_duration, help_heading = "Transfers")]
     pub dir_cache_time: Duration,
+    /// How often the remote is polled for changes made elsewhere (0 turns polling off).
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = crate::units::parse_duration, help_heading = "Remote changes")]
+    pub poll_interval: Duration,
+    /// How long the kernel may cache a file's attributes; a file opened after they are older
+    /// is checked against the remote first (close-to-open consistency).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::units::parse_duration, help_heading = "Remote changes")]
+    pub attr_timeout: Duration,
+    /// Who wins when a file changed both here and on the remote: keep-both (the remote version
+    /// stays at the name, the local one is saved beside it as NAME.conflict-HOST-TIME.EXT),
+    /// newer, older, larger, smaller, local or remote.
+    #[arg(long, value_name = "POLICY", default_value = "keep-both", value_parser = parse_conflict, help_heading = "Remote changes")]
+    pub conflict: fs_core::ConflictPolicy,
+    /// What becomes of the version a policy did not pick: keep (as a conflict copy) or delete.
+    #[arg(long, value_name = "WHAT", default_value = "keep", value_parser = parse_loser, help_heading = "Remote changes")]
+    pub conflict_loser: fs_core::ConflictLoser,
+    /// Merge text files changed on both sides line by line when the changes do not overlap
+    /// (else the conflict policy decides).
+    #[arg(long, help_heading = "Remote changes")]
+    pub auto_merge: bool,
+    /// How long a read of data that is not cached waits for an unreachable remote before it
+    /// fails with an I/O error.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::units::parse_duration, help_heading = "Remote changes")]
+    pub offline_timeout: Duration,
     /// Uploads and other remote operations in flight at once.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Transfers")]
     pub transfers: u16,
@@ -133,6 +156,25 @@ pub struct StallArg {
     /// Give up uploading once the queue has not shrunk for this long (e.g. 30s, 2m).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_duration)]
     pub timeout: Duration,
+}
+
+fn parse_conflict(s: &str) -> Result<fs_core::ConflictPolicy, String> {
+    fs_core::ConflictPolicy::parse(s).ok_or_else(|| {
+        format!(
+            "{s:?} is not a conflict policy; use one of {}",
+            fs_core::ConflictPolicy::NAMES.join(", ")
+        )
+    })
+}
+
+fn parse_loser(s: &str) -> Result<fs_core::ConflictLoser, String> {
+    match s {
+        "keep" => Ok(fs_core::ConflictLoser::Keep),
+        "delete" => Ok(fs_core::ConflictLoser::Delete),
+        _ => Err(format!(
+            "{s:?} is not an answer; use keep (save the losing version as a conflict copy) or delete"
+        )),
+    }
 }
 
 fn parse_chunk_size(s: &str) -> Result<u64, String> {

@@ -31,6 +31,12 @@ pub struct MountPlan {
     pub chunk_size: u64,
     pub write_back_delay: Duration,
     pub dir_cache_time: Duration,
+    pub poll_interval: Duration,
+    pub attr_timeout: Duration,
+    pub conflict: fs_core::ConflictPolicy,
+    pub conflict_loser: fs_core::ConflictLoser,
+    pub auto_merge: bool,
+    pub offline_timeout: Duration,
     pub transfers: u16,
     pub read_only: bool,
     pub allow_other: bool,
@@ -85,6 +91,12 @@ impl MountPlan {
             chunk_size: args.chunk_size,
             write_back_delay: args.write_back_delay,
             dir_cache_time: args.dir_cache_time,
+            poll_interval: args.poll_interval,
+            attr_timeout: args.attr_timeout,
+            conflict: args.conflict,
+            conflict_loser: args.conflict_loser,
+            auto_merge: args.auto_merge,
+            offline_timeout: args.offline_timeout,
             transfers: args.transfers,
             read_only: args.read_only,
             allow_other: args.allow_other,
@@ -117,6 +129,12 @@ impl MountPlan {
             chunk_size: self.chunk_size,
             write_back_delay: self.write_back_delay,
             dir_cache_time: self.dir_cache_time,
+            poll_interval: self.poll_interval,
+            attr_timeout: self.attr_timeout,
+            conflict: self.conflict,
+            conflict_loser: self.conflict_loser,
+            auto_merge: self.auto_merge,
+            offline_timeout: self.offline_timeout,
             read_only: self.read_only,
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
@@ -141,9 +159,26 @@ impl MountPlan {
             duration_arg(self.write_back_delay).into(),
             "--dir-cache-time".into(),
             duration_arg(self.dir_cache_time).into(),
+            "--poll-interval".into(),
+            duration_arg(self.poll_interval).into(),
+            "--attr-timeout".into(),
+            duration_arg(self.attr_timeout).into(),
+            "--conflict".into(),
+            self.conflict.name().into(),
+            "--conflict-loser".into(),
+            match self.conflict_loser {
+                fs_core::ConflictLoser::Keep => "keep",
+                fs_core::ConflictLoser::Delete => "delete",
+            }
+            .into(),
+            "--offline-timeout".into(),
+            duration_arg(self.offline_timeout).into(),
             "--transfers".into(),
             self.transfers.to_string().into(),
         ];
+        if self.auto_merge {
+            a.push("--auto-merge".into());
+        }
         if self.read_only {
             a.push("--read-only".into());
         }
@@ -284,6 +319,12 @@ mod tests {
             chunk_size: 1 << 20,
             write_back_delay: Duration::from_millis(200),
             dir_cache_time: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(7),
+            attr_timeout: Duration::from_millis(1500),
+            conflict: fs_core::ConflictPolicy::Newer,
+            conflict_loser: fs_core::ConflictLoser::Delete,
+            auto_merge: true,
+            offline_timeout: Duration::from_secs(3),
             transfers: 4,
             read_only: true,
             allow_other: false,
@@ -321,6 +362,22 @@ mod tests {
             (10 << 30, 1 << 20, 4)
         );
         assert!(a.read_only && !a.allow_other && a.foreground && a.daemon_child);
+        assert_eq!(
+            (a.poll_interval, a.attr_timeout, a.offline_timeout),
+            (
+                Duration::from_secs(7),
+                Duration::from_millis(1500),
+                Duration::from_secs(3)
+            )
+        );
+        assert_eq!(
+            (a.conflict, a.conflict_loser, a.auto_merge),
+            (
+                fs_core::ConflictPolicy::Newer,
+                fs_core::ConflictLoser::Delete,
+                true
+            )
+        );
     }
 
     #[test]
