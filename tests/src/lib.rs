@@ -615,6 +615,50 @@ impl Drive {
             .env("SYNCOXIDE_PASSPHRASE", PASSPHRASE)
     }
 
+    /// `mountctl ARGS...` (any subcommand), with the test passphrase, run to its end.
+    pub fn mountctl<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Cmd::new(mountctl())
+            .args(args)
+            .env("SYNCOXIDE_PASSPHRASE", PASSPHRASE)
+            .timeout(Duration::from_secs(120))
+            .output()
+    }
+
+    /// `mountctl unmount` while the provider cannot be reached: it must exit 1 (what is queued
+    /// stays in the log for the next mount) and unmount all the same.
+    pub fn unmount_offline(&mut self) {
+        assert!(self.mounted, "not mounted");
+        let o = self
+            .ctl(&["unmount", "--timeout", "3s"])
+            .arg(&self.mountpoint)
+            .timeout(UNMOUNT_TIMEOUT)
+            .output();
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "unmount while offline must report that uploads are still queued\n{}\n--- mount log ---\n{}",
+            o.describe(),
+            self.log()
+        );
+        wait_until(
+            Duration::from_secs(30),
+            "the mount point to go away after mountctl unmount",
+            || !is_mounted(&self.mountpoint),
+        );
+        self.mounted = false;
+        if let Some(mut child) = self.child.take() {
+            if wait_timeout(&mut child, Duration::from_secs(60)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mountctl mount --foreground still runs 60 s after unmount");
+            }
+        }
+    }
+
     /// `mountctl flush MOUNTPOINT`: returns once everything is on the provider.
     pub fn flush(&self) {
         let o = self
