@@ -10,6 +10,7 @@ pub mod error;
 pub mod journal;
 pub mod namespace;
 mod ops;
+pub mod poll;
 pub mod provider;
 pub mod snapshot;
 pub mod types;
@@ -21,4 +22,7 @@ pub use cache;
 pub use config::{ConflictLoser, ConflictPolicy, VfsConfig};
 pub use error::{FsError, FsResult};
 pub use types::*;
-pub use vfs::{Invalidator, LocalDiskWaitAllowed, Status, Vfs};
+pub use vfs::{
+    ConflictRecord, ConflictWinner, Invalidator, LocalDiskWaitAllowed, Status, Vfs,
+    MAX_CONFLICTS_KEPT,
+};

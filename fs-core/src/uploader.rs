@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::StreamExt;
 
+use crate::config::{ConflictLoser, ConflictPolicy};
 use crate::content::{local_key, remote_key, ChunkSrc, Content};
 use crate::error::FsError;
 use crate::journal::Record;
@@ -31,7 +32,7 @@ use crate::provider::{
     ByteStream, ObjectAttrs, Precondition, ProviderError, RemoteEntry, RemotePath,
 };
 use crate::types::{FileKind, NodeId};
-use crate::vfs::{lock, replay_applied, Vfs};
+use crate::vfs::{lock, replay_applied, ConflictRecord, ConflictWinner, Vfs};
 use crate::wal::Lsn;
 
 /// Longest wait between retries of a failing record.
@@ -1010,12 +1011,22 @@ impl Vfs {
             mtime: Some(mtime),
         };
         let body = self.body(path.clone(), oid.clone(), content.clone());
-        match self
+        let mut written = self
             .inner
             .provider
-            .write(path, body, content.size, pre, attrs)
-            .await
-        {
+            .write(path, body, content.size, pre.clone(), attrs)
+            .await;
+        if matches!(written, Err(ProviderError::NotFound(_))) && self.make_parents(path).await? {
+            // The directory was removed remotely while this file had local changes: the
+            // local data is kept, in directories made again.
+            let body = self.body(path.clone(), oid.clone(), content.clone());
+            written = self
+                .inner
+                .provider
+                .write(path, body, content.size, pre, attrs)
+                .await;
+        }
+        match written {
             Ok(e) => {
                 self.inner.counters.uploads.fetch_add(1, Ordering::Relaxed);
                 self.inner
@@ -1030,6 +1041,35 @@ impl Vfs {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Makes the missing ancestors of `path` on the provider (they were removed there while
+    /// something in them changed here). Returns whether any was missing.
+    async fn make_parents(&self, path: &RemotePath) -> Result<bool, ProviderError> {
+        let mut missing = Vec::new();
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            if d.is_root() {
+                break;
+            }
+            match self.inner.provider.stat(&d).await {
+                Ok(_) => break,
+                Err(ProviderError::NotFound(_)) => {
+                    dir = d.parent();
+                    missing.push(d);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for d in missing.iter().rev() {
+            match self.inner.provider.mkdir(d).await {
+                Ok(_) | Err(ProviderError::AlreadyExists(_)) => {
+                    tracing::warn!(dir = %d, "made again: removed on the provider while a file in it changed here");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(!missing.is_empty())
     }
 
     /// The provider has something else at `path` than the version our commit was based on.
@@ -1069,32 +1109,74 @@ impl Vfs {
             return Ok(Outcome::Applied(Some(e)));
         };
         let _ = (known, node);
+        let cfg = &self.inner.cfg;
+        // Only a file at the name can lose to ours; a directory or symlink there always stays.
+        let local_wins = cur.kind == crate::provider::EntryKind::File
+            && match cfg.conflict {
+                ConflictPolicy::KeepBoth | ConflictPolicy::Remote => false,
+                ConflictPolicy::Local => true,
+                ConflictPolicy::Larger => content.size > cur.size,
+                ConflictPolicy::Smaller => content.size < cur.size,
+                ConflictPolicy::Newer => attrs.mtime.is_some_and(|t| t > cur.mtime),
+                ConflictPolicy::Older => attrs.mtime.is_some_and(|t| t < cur.mtime),
+            };
+        let keep_loser =
+            cfg.conflict == ConflictPolicy::KeepBoth || cfg.conflict_loser == ConflictLoser::Keep;
+        if local_wins {
+            if let Some(e) = self
+                .local_wins(path, oid, content, attrs, &cur, keep_loser)
+                .await?
+            {
+                return Ok(Outcome::Applied(Some(e)));
+            }
+            // The name changed again under us: fall back to keeping both, remote at the name.
+        } else if !keep_loser {
+            tracing::warn!(%path, policy = cfg.conflict.name(), "changed on both sides: the local version lost and was dropped");
+            self.record_conflict(path, None, ConflictWinner::Remote);
+            return Ok(Outcome::Conflict(cur));
+        }
+        let cpath = self.write_conflict_copy(path, oid, content, attrs).await?;
+        tracing::warn!(%path, conflict = %cpath, "changed on both sides: kept both");
+        self.record_conflict(path, Some(&cpath), ConflictWinner::Remote);
+        // What the node shows now is for `finish` to decide (`replay_applied`).
+        Ok(Outcome::Conflict(cur))
+    }
+
+    /// A free conflict name beside `path`, for `attempt` (1, 2, ...).
+    fn conflict_path(&self, path: &RemotePath, attempt: u32) -> Result<RemotePath, ProviderError> {
+        let name = conflict_name(
+            path.name(),
+            &self.inner.hostname,
+            SystemTime::now(),
+            attempt,
+        );
+        path.parent()
+            .and_then(|d| d.join(&name))
+            .ok_or(ProviderError::InvalidName {
+                name,
+                reason: "conflict name",
+            })
+    }
+
+    /// Writes our content beside `path` under a new conflict name; returns that name.
+    async fn write_conflict_copy(
+        &self,
+        path: &RemotePath,
+        oid: &cache::ObjectId,
+        content: &Content,
+        attrs: ObjectAttrs,
+    ) -> Result<RemotePath, ProviderError> {
         let mut n = 1;
         loop {
-            let name = conflict_name(path.name(), &self.inner.hostname, SystemTime::now(), n);
-            let Some(cpath) = path.parent().and_then(|d| d.join(&name)) else {
-                return Err(ProviderError::InvalidName {
-                    name,
-                    reason: "conflict name",
-                });
-            };
+            let cpath = self.conflict_path(path, n)?;
             let body = self.body(path.clone(), oid.clone(), content.clone());
-            match p
+            match self
+                .inner
+                .provider
                 .write(&cpath, body, content.size, Precondition::IfNotExists, attrs)
                 .await
             {
-                Ok(_) => {
-                    self.inner
-                        .counters
-                        .conflicts
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%path, conflict = %cpath, "changed on both sides: kept both");
-                    self.set_error(format!(
-                        "conflict: {path} kept, local version saved as {cpath}"
-                    ));
-                    // What the node shows now is for `finish` to decide (`replay_applied`).
-                    return Ok(Outcome::Conflict(cur));
-                }
+                Ok(_) => return Ok(cpath),
                 Err(ProviderError::AlreadyExists(_) | ProviderError::PreconditionFailed { .. })
                     if n < 100 =>
                 {
@@ -1103,6 +1185,89 @@ impl Vfs {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// The policy picked our version: it goes to `path`. The remote version `cur` is first
+    /// moved aside to a conflict name (`keep_loser`) or replaced only if it is still `cur`.
+    /// `None` when the name changed again meanwhile (nothing was overwritten).
+    async fn local_wins(
+        &self,
+        path: &RemotePath,
+        oid: &cache::ObjectId,
+        content: &Content,
+        attrs: ObjectAttrs,
+        cur: &RemoteEntry,
+        keep_loser: bool,
+    ) -> Result<Option<RemoteEntry>, ProviderError> {
+        let p = &self.inner.provider;
+        let mut moved = None;
+        let pre = if keep_loser {
+            let mut n = 1;
+            loop {
+                let cpath = self.conflict_path(path, n)?;
+                match p.rename(path, &cpath, false).await {
+                    Ok(_) => {
+                        moved = Some(cpath);
+                        break;
+                    }
+                    Err(ProviderError::AlreadyExists(_)) if n < 100 => n += 1,
+                    Err(ProviderError::NotFound(_)) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            }
+            Precondition::IfNotExists
+        } else {
+            Precondition::IfMatch(cur.version.clone())
+        };
+        let body = self.body(path.clone(), oid.clone(), content.clone());
+        match p.write(path, body, content.size, pre, attrs).await {
+            Ok(e) => {
+                self.inner.counters.uploads.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .counters
+                    .uploaded_bytes
+                    .fetch_add(content.size, Ordering::Relaxed);
+                match &moved {
+                    Some(c) => {
+                        tracing::warn!(%path, conflict = %c, "changed on both sides: the local version won, the remote one was kept as a copy")
+                    }
+                    None => {
+                        tracing::warn!(%path, "changed on both sides: the local version won, the remote one was replaced as the policy asked")
+                    }
+                }
+                self.record_conflict(path, moved.as_ref(), ConflictWinner::Local);
+                Ok(Some(e))
+            }
+            Err(ProviderError::AlreadyExists(_) | ProviderError::PreconditionFailed { .. }) => {
+                if let Some(c) = moved {
+                    // Somebody wrote the name again after the move: both remote versions stay.
+                    self.record_conflict(path, Some(&c), ConflictWinner::Remote);
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn record_conflict(
+        &self,
+        path: &RemotePath,
+        copy: Option<&RemotePath>,
+        winner: ConflictWinner,
+    ) {
+        let message = match (copy, winner) {
+            (Some(c), ConflictWinner::Remote) => format!("conflict: {path} kept, local version saved as {c}"),
+            (Some(c), ConflictWinner::Local) => format!("conflict: local version of {path} won, remote version saved as {c}"),
+            (None, ConflictWinner::Remote) => format!("conflict: {path} kept, local version dropped (--conflict-loser delete)"),
+            (None, ConflictWinner::Local) => format!("conflict: local version of {path} won, remote version replaced (--conflict-loser delete)"),
+        };
+        self.set_error(message);
+        self.record_conflict_entry(ConflictRecord {
+            path: path.to_string(),
+            copy: copy.map(|c| c.to_string()),
+            winner,
+            at: SystemTime::now(),
+        });
     }
 
     /// Whether the provider's file at `path`/`version` has exactly the bytes of `content`.

@@ -63,6 +63,9 @@ pub(crate) struct Handle {
     pub window: u64,
     /// Last chunk prefetched.
     pub prefetched_to: u64,
+    /// The node's count of remote changes when it was opened ([`Inner::remote_changes`]): a
+    /// read after the remote changed the file fails instead of mixing two versions.
+    pub remote_gen: u64,
 }
 
 /// Chunks written but not yet in the cache: chunk index → bytes (at most a chunk).
@@ -87,6 +90,29 @@ pub struct Status {
     pub uploaded_bytes: u64,
     pub conflicts: u64,
     pub offline_since: Option<SystemTime>,
+}
+
+/// How many conflicts [`Vfs::conflicts`] remembers (the oldest are forgotten first; the copies
+/// themselves stay on the provider).
+pub const MAX_CONFLICTS_KEPT: usize = 1000;
+
+/// Which version a conflict left at the file's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConflictWinner {
+    Remote,
+    Local,
+}
+
+/// One conflict: a file changed both here and on the provider, and what the policy did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConflictRecord {
+    /// The file's path on the provider.
+    pub path: String,
+    /// Where the losing version was saved (None: deleted, as `--conflict-loser delete` asked).
+    pub copy: Option<String>,
+    /// Which version is at `path` now.
+    pub winner: ConflictWinner,
+    pub at: SystemTime,
 }
 
 #[derive(Default)]
@@ -126,6 +152,10 @@ pub(crate) struct Inner {
     pub invalidator: Mutex<Option<Arc<dyn Invalidator>>>,
     pub counters: Counters,
     pub last_error: Mutex<Option<String>>,
+    /// The conflicts of this mount's life, oldest first (at most [`MAX_CONFLICTS_KEPT`]).
+    pub conflict_log: Mutex<std::collections::VecDeque<ConflictRecord>>,
+    /// How often a listing found each node changed on the provider (a leaf lock).
+    pub remote_changes: Mutex<HashMap<NodeId, u64>>,
     pub hostname: String,
     /// Bumped (under the namespace lock) whenever a record is applied to the provider: a
     /// listing taken across a change is not merged.
@@ -364,6 +394,8 @@ impl Vfs {
             invalidator: Mutex::new(None),
             counters: Counters::default(),
             last_error: Mutex::new(None),
+            conflict_log: Mutex::new(std::collections::VecDeque::new()),
+            remote_changes: Mutex::new(HashMap::new()),
             hostname: hostname(),
             applied_epoch: AtomicU64::new(0),
             shutdown: std::sync::atomic::AtomicBool::new(false),
@@ -704,6 +736,31 @@ impl Vfs {
         for (&i, &g) in &n.content.local {
             self.release_chunk(&local_key(&oid, g, i), false);
         }
+    }
+
+    /// The conflicts resolved since the mount started, oldest first.
+    pub fn conflicts(&self) -> Vec<ConflictRecord> {
+        lock(&self.inner.conflict_log).iter().cloned().collect()
+    }
+
+    /// How often listings found `node` changed on the provider.
+    pub(crate) fn remote_gen(&self, node: NodeId) -> u64 {
+        lock(&self.inner.remote_changes)
+            .get(&node)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn record_conflict_entry(&self, c: ConflictRecord) {
+        self.inner
+            .counters
+            .conflicts
+            .fetch_add(1, Ordering::Relaxed);
+        let mut log = lock(&self.inner.conflict_log);
+        if log.len() == MAX_CONFLICTS_KEPT {
+            log.pop_front();
+        }
+        log.push_back(c);
     }
 
     pub(crate) fn set_error(&self, e: impl std::fmt::Display) {

@@ -39,6 +39,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the conflicts a running mount resolved since it started: the file, where the losing
+    /// version was saved, and which version is at the name. Without MOUNTPOINT: every mount.
+    Conflicts {
+        /// One mount only.
+        mountpoint: Option<PathBuf>,
+        /// Print JSON instead of text (an array of conflicts, each with its `mountpoint`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Upload everything queued now (ignoring the write-back delay); returns when the queue is
     /// empty, or fails if the provider stops taking it.
     Flush {

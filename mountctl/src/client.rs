@@ -77,6 +77,25 @@ pub fn status(e: &Entry) -> Result<Value> {
     Ok(Value::Object(out))
 }
 
+/// The conflicts a mount resolved since it started, each with the mount's `mountpoint`.
+pub fn conflicts(e: &Entry) -> Result<Vec<Value>> {
+    let v = call(e, &Request::Conflicts, Some(STATUS_TIMEOUT))?;
+    if let Some(err) = control::error_of(&v) {
+        bail!("{err}");
+    }
+    let mp = e.mountpoint.display().to_string();
+    Ok(v["conflicts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut c| {
+            c["mountpoint"] = Value::String(mp.clone());
+            c
+        })
+        .collect())
+}
+
 /// How a flush ended.
 #[derive(Debug)]
 pub enum Flushed {

@@ -1,7 +1,8 @@
 //! The control socket of a running mount: one JSON request line, one JSON response line, then
 //! the server closes the connection.
 //!
-//! Requests: `{"op":"status"}`, `{"op":"flush"}` (optionally `"stall_ms": N`: give up once the
+//! Requests: `{"op":"status"}`, `{"op":"conflicts"}` (answer: `"conflicts"`, a list of
+//! [`conflict_json`]), `{"op":"flush"}` (optionally `"stall_ms": N`: give up once the
 //! queue has made no progress for N ms, default 30 s), `{"op":"unmount"}` (checkpoint, unmount,
 //! exit; flushing first is the client's job). Every response has `"ok"`; a failure has
 //! `"error"` (a message for people) and, for a flush, `"queued"` (operations left in the
@@ -14,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use fs_core::{Status, Vfs};
+use fs_core::{ConflictRecord, ConflictWinner, Status, Vfs};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
@@ -29,7 +30,11 @@ pub const DEFAULT_STALL: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     Status,
-    Flush { stall: Duration },
+    /// The conflicts the mount resolved since it started.
+    Conflicts,
+    Flush {
+        stall: Duration,
+    },
     Unmount,
 }
 
@@ -37,6 +42,7 @@ impl Request {
     pub fn to_line(&self) -> String {
         let v = match self {
             Request::Status => json!({"op": "status"}),
+            Request::Conflicts => json!({"op": "conflicts"}),
             Request::Flush { stall } => {
                 json!({"op": "flush", "stall_ms": stall.as_millis() as u64})
             }
@@ -50,6 +56,7 @@ impl Request {
             serde_json::from_str(line.trim()).map_err(|e| format!("request is not JSON: {e}"))?;
         match v.get("op").and_then(Value::as_str) {
             Some("status") => Ok(Request::Status),
+            Some("conflicts") => Ok(Request::Conflicts),
             Some("flush") => {
                 let stall = match v.get("stall_ms") {
                     None | Some(Value::Null) => DEFAULT_STALL,
@@ -62,7 +69,7 @@ impl Request {
             }
             Some("unmount") => Ok(Request::Unmount),
             Some(op) => Err(format!(
-                "unknown op {op:?}; expected status, flush or unmount"
+                "unknown op {op:?}; expected status, conflicts, flush or unmount"
             )),
             None => Err("request has no \"op\"".into()),
         }
@@ -91,6 +98,20 @@ pub fn status_json(s: &Status) -> Value {
         "offline_since": s.offline_since
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_secs()),
+    })
+}
+
+/// One conflict as JSON: `path`, `copy` (null when the loser was deleted), `winner` (`remote`
+/// or `local`: which version is at `path`), `at` (Unix seconds).
+pub fn conflict_json(c: &ConflictRecord) -> Value {
+    json!({
+        "path": c.path,
+        "copy": c.copy,
+        "winner": match c.winner {
+            ConflictWinner::Remote => "remote",
+            ConflictWinner::Local => "local",
+        },
+        "at": c.at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     })
 }
 
@@ -218,6 +239,10 @@ async fn answer(shared: &Shared, req: Request) -> (Value, Option<Arc<Notify>>) {
             json!({"ok": true, "mount": shared.mount, "status": status_json(&vfs.status())}),
             None,
         ),
+        Request::Conflicts => {
+            let list: Vec<Value> = vfs.conflicts().iter().map(conflict_json).collect();
+            (json!({"ok": true, "conflicts": list}), None)
+        }
         Request::Flush { stall } => match vfs.flush_all(stall).await {
             Ok(()) => (json!({"ok": true, "queued": 0}), None),
             Err(e) => {
@@ -257,6 +282,7 @@ mod tests {
     fn requests_round_trip() {
         for r in [
             Request::Status,
+            Request::Conflicts,
             Request::Unmount,
             Request::Flush {
                 stall: Duration::from_millis(1500),
@@ -302,6 +328,28 @@ mod tests {
         assert_eq!(v["last_error"], "boom");
         assert_eq!(v["offline_since"], 7);
         assert_eq!(status_json(&Status::default())["last_error"], Value::Null);
+    }
+
+    #[test]
+    fn conflicts_name_both_versions() {
+        let c = ConflictRecord {
+            path: "/docs/a.txt".into(),
+            copy: Some("/docs/a.conflict-h-20261205-101010.txt".into()),
+            winner: ConflictWinner::Local,
+            at: UNIX_EPOCH + Duration::from_secs(9),
+        };
+        let v = conflict_json(&c);
+        assert_eq!(v["path"], "/docs/a.txt");
+        assert_eq!(v["copy"], "/docs/a.conflict-h-20261205-101010.txt");
+        assert_eq!(v["winner"], "local");
+        assert_eq!(v["at"], 9);
+        let dropped = ConflictRecord {
+            copy: None,
+            winner: ConflictWinner::Remote,
+            ..c
+        };
+        assert_eq!(conflict_json(&dropped)["copy"], Value::Null);
+        assert_eq!(conflict_json(&dropped)["winner"], "remote");
     }
 
     #[test]

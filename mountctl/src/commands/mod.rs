@@ -12,6 +12,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(a) => mount_cmd::run(a),
         Command::Unmount { mountpoint, wait } => running_cmd::unmount(&mountpoint, wait.timeout),
         Command::Status { mountpoint, json } => running_cmd::status(mountpoint.as_deref(), json),
+        Command::Conflicts { mountpoint, json } => {
+            running_cmd::conflicts(mountpoint.as_deref(), json)
+        }
         Command::Flush { mountpoint, wait } => running_cmd::flush(&mountpoint, wait.timeout),
     }
 }

@@ -47,6 +47,44 @@ pub fn flush(mountpoint: &Path, stall: Duration) -> Result<()> {
     }
 }
 
+pub fn conflicts(mountpoint: Option<&Path>, json: bool) -> Result<()> {
+    let entries = match mountpoint {
+        Some(m) => vec![client::require_running(&client::resolve_mountpoint(m)?)?],
+        None => client::running()?,
+    };
+    let mut all = Vec::new();
+    for e in &entries {
+        all.extend(client::conflicts(e)?);
+    }
+    if json {
+        println!("{}", Value::Array(all));
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("no conflicts");
+    }
+    for c in &all {
+        let path = c["path"].as_str().unwrap_or("?");
+        let mp = c["mountpoint"].as_str().unwrap_or("?");
+        let line = match (c["copy"].as_str(), c["winner"].as_str()) {
+            (Some(copy), Some("local")) => {
+                format!("{path}: the local version won; the remote one is saved as {copy}")
+            }
+            (Some(copy), _) => {
+                format!("{path}: the remote version stays; the local one is saved as {copy}")
+            }
+            (None, Some("local")) => {
+                format!("{path}: the local version won; the remote one was deleted (--conflict-loser delete)")
+            }
+            (None, _) => {
+                format!("{path}: the remote version stays; the local one was deleted (--conflict-loser delete)")
+            }
+        };
+        println!("{mp}: {line}");
+    }
+    Ok(())
+}
+
 pub fn status(mountpoint: Option<&Path>, json: bool) -> Result<()> {
     if let Some(m) = mountpoint {
         let mp = client::resolve_mountpoint(m)?;
