@@ -64,8 +64,20 @@ impl Vfs {
             .run(key.clone(), || async move {
                 let cs = vfs.inner.cfg.chunk_size;
                 let deadline = vfs.inner.cfg.provider_timeout;
+                // A provider that does not even start answering within `offline_timeout` is
+                // taken as unreachable: the read fails (EIO) instead of hanging the program.
+                let answer = vfs.inner.cfg.offline_timeout.min(deadline);
                 let read = async {
-                    let s = vfs.inner.provider.read(&path, &version, i * cs, cs).await?;
+                    let s = tokio::time::timeout(
+                        answer,
+                        vfs.inner.provider.read(&path, &version, i * cs, cs),
+                    )
+                    .await
+                    .map_err(|_| {
+                        crate::provider::ProviderError::Unreachable(format!(
+                            "no answer within the offline timeout ({answer:?})"
+                        ))
+                    })??;
                     crate::provider::collect(s).await
                 };
                 let data = match tokio::time::timeout(deadline, read).await {
@@ -206,13 +218,22 @@ impl Vfs {
 
     /// Reads up to `size` bytes at `offset` of the file open as `fh`.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let node = self.handle(fh)?.node;
+        let h = self.handle(fh)?;
+        let node = h.node;
+
         let cs = self.inner.cfg.chunk_size;
         let (plans, oid, base_version, file_size, base_len) = {
             let ns = lock(&self.inner.ns);
             let n = ns.get(node).ok_or(FsError::BadHandle)?;
             if n.kind != FileKind::File {
                 return Err(FsError::IsADirectory);
+            }
+            // Another version replaced this one on the provider since the open: never a mix
+            // (the namespace lock orders this against the listing merge).
+            if self.remote_gen(node) != h.remote_gen {
+                return Err(FsError::Io(
+                    "the file changed on the remote while it was open; open it again to read the new version".into(),
+                ));
             }
             let c = &n.content;
             let end = (offset + u64::from(size)).min(c.size);

@@ -104,7 +104,7 @@ impl Vfs {
     }
 
     /// Lists `dir` from the provider and merges the result.
-    async fn list_now(&self, dir: NodeId) -> FsResult<()> {
+    pub(crate) async fn list_now(&self, dir: NodeId) -> FsResult<()> {
         // A listing taken while the uploader changes the provider may predate that change; it
         // is merged only if no record was applied meanwhile (else listed again).
         for attempt in 1..=LIST_ATTEMPTS {
@@ -166,6 +166,13 @@ impl Vfs {
                         if let Err(e) = self.inner.wal.append(&rec.encode()) {
                             tracing::warn!(error = %e, "could not journal a remote change");
                         }
+                    }
+                }
+                // Bumped under the namespace lock, with the merge: a read sees both or neither.
+                if !outcome.changed.is_empty() {
+                    let mut g = lock(&self.inner.remote_changes);
+                    for id in &outcome.changed {
+                        *g.entry(*id).or_insert(0) += 1;
                     }
                 }
                 outcome
@@ -373,6 +380,7 @@ impl Vfs {
                 None => false,
             }
         };
+        let remote_gen = self.remote_gen(ino);
         lock(&self.inner.handles).insert(
             fh,
             Handle {
@@ -381,6 +389,7 @@ impl Vfs {
                 next_offset: 0,
                 window: 0,
                 prefetched_to: 0,
+                remote_gen,
             },
         );
         Opened {

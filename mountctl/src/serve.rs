@@ -96,6 +96,7 @@ fn serve(
     })?;
     vfs.set_background(background.handle().clone());
     let _uploader = vfs.spawn_uploader();
+    let _poller = vfs.spawn_poller();
 
     let mut signals = Signals::new()?;
     let opts = fs_unix::MountOptions {
