@@ -34,7 +34,7 @@ impl Vfs {
     }
 
     /// Lists every directory known from a listing again, parents before children; returns
-    /// how many listings succeeded.
+    /// for how many no error came back (offline, a known listing stands in without error).
     pub async fn poll_once(&self) -> usize {
         let dirs = self.listed_dirs();
         let span = tracing::debug_span!("poll", dirs = dirs.len());
