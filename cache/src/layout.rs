@@ -156,7 +156,7 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock> {
 
 /// Whether `dir` looks like a cache directory (has the layout marker or a key file), so that a
 /// destructive operation never runs on a directory given by mistake.
-pub(crate) fn is_cache_dir(dir: &Path) -> bool {
+pub fn is_cache_dir(dir: &Path) -> bool {
     dir.join(FORMAT_FILE).is_file() || dir.join(crate::crypto::keys::KEY_FILE_NAME).is_file()
 }
 

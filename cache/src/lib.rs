@@ -29,6 +29,6 @@ pub use error::{CacheError, Result};
 pub use evict::EvictionKind;
 pub use health::Health;
 pub use key::{ChunkKey, ChunkName, ObjectId, Version};
-pub use layout::ChunkState;
+pub use layout::{is_cache_dir, ChunkState};
 pub use singleflight::SingleFlight;
 pub use store::{CacheConfig, CacheLimit, ChunkCache, PutKind, PutOutcome, Stats, Usage};

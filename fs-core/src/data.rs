@@ -81,12 +81,21 @@ impl Vfs {
                     crate::provider::collect(s).await
                 };
                 let data = match tokio::time::timeout(deadline, read).await {
-                    Ok(Ok(d)) => Bytes::from(d),
+                    Ok(Ok(d)) => {
+                        vfs.note_reachable(true);
+                        Bytes::from(d)
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, %path, i, "fetch failed");
+                        if e.is_unreachable() {
+                            vfs.note_reachable(false);
+                        }
                         return Err(FsError::from(e));
                     }
-                    Err(_) => return Err(FsError::TimedOut),
+                    Err(_) => {
+                        vfs.note_reachable(false);
+                        return Err(FsError::TimedOut);
+                    }
                 };
                 vfs.inner.counters.fetches.fetch_add(1, Ordering::Relaxed);
                 vfs.inner

@@ -10,6 +10,7 @@ pub mod error;
 pub mod journal;
 pub mod namespace;
 mod ops;
+pub mod pin;
 pub mod poll;
 pub mod provider;
 pub mod snapshot;
@@ -21,6 +22,7 @@ pub mod wal;
 pub use cache;
 pub use config::{ConflictLoser, ConflictPolicy, VfsConfig};
 pub use error::{FsError, FsResult};
+pub use pin::{FileState, PinReport};
 pub use types::*;
 pub use vfs::{
     ConflictRecord, ConflictWinner, Invalidator, LocalDiskWaitAllowed, Status, Vfs,

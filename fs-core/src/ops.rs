@@ -212,7 +212,14 @@ impl Vfs {
                 }
             }
         };
-        match tokio::time::timeout(deadline, listing).await {
+        let listed = tokio::time::timeout(deadline, listing).await;
+        match &listed {
+            Ok(Ok(_)) | Ok(Err(ProviderError::NotFound(_))) => self.note_reachable(true),
+            Ok(Err(e)) if e.is_unreachable() => self.note_reachable(false),
+            Err(_) => self.note_reachable(false),
+            Ok(Err(_)) => {}
+        }
+        match listed {
             Ok(Ok(e)) => Ok(Some(e)),
             // Where a queued rename says it still is, it may have moved already (the rename is
             // on its way): unknown, not empty.

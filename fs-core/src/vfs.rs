@@ -743,6 +743,20 @@ impl Vfs {
         lock(&self.inner.conflict_log).iter().cloned().collect()
     }
 
+    /// What a provider call told about reachability: an unreachable provider marks the drive
+    /// offline (since now, unless already), an answer marks it online.
+    pub(crate) fn note_reachable(&self, reachable: bool) {
+        let mut q = lock(&self.inner.queue);
+        if reachable {
+            if q.offline_since.take().is_some() {
+                tracing::info!("the provider answers again: online");
+            }
+        } else if q.offline_since.is_none() {
+            tracing::warn!("the provider cannot be reached: offline");
+            q.offline_since = Some(SystemTime::now());
+        }
+    }
+
     /// How often listings found `node` changed on the provider.
     pub(crate) fn remote_gen(&self, node: NodeId) -> u64 {
         lock(&self.inner.remote_changes)

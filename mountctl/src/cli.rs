@@ -39,6 +39,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch files (directories recursively) into the cache and keep them there: available
+    /// offline. Pinned bytes count toward the cache limit; a pin that does not fit is refused.
+    Pin {
+        /// Files or directories on a running mount.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Let pinned files be evicted from the cache again.
+    Unpin {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Show each file's state: online-only, partly-cached, cached, pinned, dirty, uploading,
+    /// conflict (or directory, symlink).
+    State {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// List the conflicts a running mount resolved since it started: the file, where the losing
     /// version was saved, and which version is at the name. Without MOUNTPOINT: every mount.
     Conflicts {

@@ -96,6 +96,42 @@ pub fn conflicts(e: &Entry) -> Result<Vec<Value>> {
         .collect())
 }
 
+/// The running mount that holds `path`, and the path relative to its root.
+pub fn mount_of(path: &Path) -> Result<(Entry, String)> {
+    let abs =
+        std::fs::canonicalize(path).with_context(|| format!("cannot find {}", path.display()))?;
+    let mut best: Option<Entry> = None;
+    for e in running()? {
+        if abs.starts_with(&e.mountpoint)
+            && best
+                .as_ref()
+                .is_none_or(|b| e.mountpoint.as_os_str().len() > b.mountpoint.as_os_str().len())
+        {
+            best = Some(e);
+        }
+    }
+    let Some(e) = best else {
+        bail!(
+            "{} is not on a running syncoxide mount (see `mountctl status`)",
+            path.display()
+        );
+    };
+    let rel = abs
+        .strip_prefix(&e.mountpoint)
+        .map(|r| r.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((e, rel))
+}
+
+/// Sends a pin/unpin/state request; the per-path results.
+pub fn per_path(e: &Entry, req: &Request) -> Result<Vec<Value>> {
+    let v = call(e, req, None)?;
+    if let Some(err) = control::error_of(&v) {
+        bail!("{err}");
+    }
+    Ok(v["results"].as_array().cloned().unwrap_or_default())
+}
+
 /// How a flush ended.
 #[derive(Debug)]
 pub enum Flushed {

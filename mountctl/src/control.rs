@@ -32,6 +32,15 @@ pub enum Request {
     Status,
     /// The conflicts the mount resolved since it started.
     Conflicts,
+    /// Pin (`pin: true`) or unpin files and directories, by paths relative to the mount's root.
+    Pin {
+        paths: Vec<String>,
+        pin: bool,
+    },
+    /// The state of each path (relative to the mount's root).
+    State {
+        paths: Vec<String>,
+    },
     Flush {
         stall: Duration,
     },
@@ -43,6 +52,10 @@ impl Request {
         let v = match self {
             Request::Status => json!({"op": "status"}),
             Request::Conflicts => json!({"op": "conflicts"}),
+            Request::Pin { paths, pin } => {
+                json!({"op": if *pin { "pin" } else { "unpin" }, "paths": paths})
+            }
+            Request::State { paths } => json!({"op": "state", "paths": paths}),
             Request::Flush { stall } => {
                 json!({"op": "flush", "stall_ms": stall.as_millis() as u64})
             }
@@ -57,6 +70,23 @@ impl Request {
         match v.get("op").and_then(Value::as_str) {
             Some("status") => Ok(Request::Status),
             Some("conflicts") => Ok(Request::Conflicts),
+            Some(op @ ("pin" | "unpin" | "state")) => {
+                let paths: Vec<String> = v
+                    .get("paths")
+                    .and_then(Value::as_array)
+                    .ok_or("pin, unpin and state need \"paths\", a list of strings")?
+                    .iter()
+                    .map(|p| p.as_str().map(str::to_owned))
+                    .collect::<Option<_>>()
+                    .ok_or("every entry of \"paths\" must be a string")?;
+                Ok(match op {
+                    "state" => Request::State { paths },
+                    _ => Request::Pin {
+                        paths,
+                        pin: op == "pin",
+                    },
+                })
+            }
             Some("flush") => {
                 let stall = match v.get("stall_ms") {
                     None | Some(Value::Null) => DEFAULT_STALL,
@@ -69,7 +99,7 @@ impl Request {
             }
             Some("unmount") => Ok(Request::Unmount),
             Some(op) => Err(format!(
-                "unknown op {op:?}; expected status, conflicts, flush or unmount"
+                "unknown op {op:?}; expected status, conflicts, pin, unpin, state, flush or unmount"
             )),
             None => Err("request has no \"op\"".into()),
         }
@@ -243,6 +273,40 @@ async fn answer(shared: &Shared, req: Request) -> (Value, Option<Arc<Notify>>) {
             let list: Vec<Value> = vfs.conflicts().iter().map(conflict_json).collect();
             (json!({"ok": true, "conflicts": list}), None)
         }
+        Request::Pin { paths, pin } => {
+            let mut out = Vec::new();
+            for p in &paths {
+                let r = match vfs.resolve(p).await {
+                    Ok(node) => vfs.pin(node, pin).await,
+                    Err(e) => Err(e),
+                };
+                out.push(match r {
+                    Ok(rep) => json!({"path": p, "ok": true, "files": rep.files, "bytes": rep.bytes}),
+                    Err(fs_core::FsError::NoSpace) => {
+                        let s = vfs.status();
+                        json!({"path": p, "ok": false, "error": format!(
+                            "does not fit in the cache: {} of {} bytes are already pinned or dirty; unpin something or mount with a larger --cache-size",
+                            s.pinned_bytes + s.dirty_bytes, s.cache_limit)})
+                    }
+                    Err(e) => json!({"path": p, "ok": false, "error": e.to_string()}),
+                });
+            }
+            (json!({"ok": true, "results": out}), None)
+        }
+        Request::State { paths } => {
+            let mut out = Vec::new();
+            for p in &paths {
+                let r = match vfs.resolve(p).await {
+                    Ok(node) => vfs.file_state(node),
+                    Err(e) => Err(e),
+                };
+                out.push(match r {
+                    Ok(st) => json!({"path": p, "ok": true, "state": st.name()}),
+                    Err(e) => json!({"path": p, "ok": false, "error": e.to_string()}),
+                });
+            }
+            (json!({"ok": true, "results": out}), None)
+        }
         Request::Flush { stall } => match vfs.flush_all(stall).await {
             Ok(()) => (json!({"ok": true, "queued": 0}), None),
             Err(e) => {
@@ -283,6 +347,13 @@ mod tests {
         for r in [
             Request::Status,
             Request::Conflicts,
+            Request::Pin {
+                paths: vec!["a/b".into(), "".into()],
+                pin: false,
+            },
+            Request::State {
+                paths: vec!["x".into()],
+            },
             Request::Unmount,
             Request::Flush {
                 stall: Duration::from_millis(1500),

@@ -46,7 +46,30 @@ impl MountPlan {
     /// Checks `args`; creates nothing.
     pub fn check(args: &MountArgs) -> Result<MountPlan> {
         let Remote::Local(remote) = Remote::parse(&args.remote)?;
-        let remote = canonical_remote(&remote)?;
+        let remote = match canonical_remote(&remote) {
+            Ok(r) => r,
+            // A remote folder that is gone (an unplugged disk, an unmounted share) is offline,
+            // not empty: a cache that already holds its state mounts from that state.
+            Err(e) if !remote.exists() => {
+                let abs = std::path::absolute(&remote)
+                    .with_context(|| format!("cannot make {} absolute", remote.display()))?;
+                let cache_dir = match &args.cache_dir {
+                    Some(d) => std::path::absolute(d)
+                        .with_context(|| format!("cannot make {} absolute", d.display()))?,
+                    None => default_cache_dir_for(&crate::cli::default_cache_dir(), &abs),
+                };
+                if !fs_core::cache::is_cache_dir(&cache_dir) {
+                    return Err(e);
+                }
+                eprintln!(
+                    "mountctl: the remote folder {} cannot be reached; mounting offline from the cache {} (changes queue until it is back)",
+                    abs.display(),
+                    cache_dir.display()
+                );
+                abs
+            }
+            Err(e) => return Err(e),
+        };
         let mountpoint = canonical_mountpoint(&args.mountpoint)?;
         if let Some(e) =
             mountinfo::mount_at(&mountpoint).context("cannot read /proc/self/mountinfo")?

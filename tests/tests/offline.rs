@@ -47,7 +47,6 @@ fn names(dir: &Path) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "issue 4: needs `mountctl pin` and `mountctl state`, not built yet"]
 fn offline_reads_writes_and_a_remount_then_everything_reaches_the_remote() {
     let base = tempdir("offline");
     let remote = base.path().join("remote");

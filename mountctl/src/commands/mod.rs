@@ -12,6 +12,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(a) => mount_cmd::run(a),
         Command::Unmount { mountpoint, wait } => running_cmd::unmount(&mountpoint, wait.timeout),
         Command::Status { mountpoint, json } => running_cmd::status(mountpoint.as_deref(), json),
+        Command::Pin { paths } => running_cmd::pin(&paths, true),
+        Command::Unpin { paths } => running_cmd::pin(&paths, false),
+        Command::State { paths } => running_cmd::state(&paths),
         Command::Conflicts { mountpoint, json } => {
             running_cmd::conflicts(mountpoint.as_deref(), json)
         }

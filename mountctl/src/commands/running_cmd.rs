@@ -47,6 +47,84 @@ pub fn flush(mountpoint: &Path, stall: Duration) -> Result<()> {
     }
 }
 
+/// Paths on one mount: as the user gave them, and relative to the mount's root.
+type MountPaths = (crate::registry::Entry, Vec<(String, String)>);
+
+/// The paths grouped by the mount that holds them (in the order given).
+fn by_mount(paths: &[std::path::PathBuf]) -> Result<Vec<MountPaths>> {
+    let mut groups: Vec<MountPaths> = Vec::new();
+    for p in paths {
+        let (e, rel) = client::mount_of(p)?;
+        let shown = p.display().to_string();
+        match groups
+            .iter_mut()
+            .find(|(g, _)| g.mountpoint == e.mountpoint)
+        {
+            Some((_, v)) => v.push((shown, rel)),
+            None => groups.push((e, vec![(shown, rel)])),
+        }
+    }
+    Ok(groups)
+}
+
+pub fn pin(paths: &[std::path::PathBuf], pin: bool) -> Result<()> {
+    let mut failed = 0;
+    for (e, items) in by_mount(paths)? {
+        let req = crate::control::Request::Pin {
+            paths: items.iter().map(|(_, r)| r.clone()).collect(),
+            pin,
+        };
+        for ((shown, _), r) in items.iter().zip(client::per_path(&e, &req)?) {
+            if r["ok"] == Value::Bool(true) {
+                let (files, bytes) = (
+                    r["files"].as_u64().unwrap_or(0),
+                    r["bytes"].as_u64().unwrap_or(0),
+                );
+                let what = if pin { "pinned" } else { "unpinned" };
+                println!("{shown}: {what} ({files} files, {})", human(bytes));
+            } else {
+                failed += 1;
+                eprintln!(
+                    "mountctl: {shown}: {}",
+                    r["error"].as_str().unwrap_or("failed")
+                );
+            }
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} paths could not be {}",
+            paths.len(),
+            if pin { "pinned" } else { "unpinned" }
+        );
+    }
+    Ok(())
+}
+
+pub fn state(paths: &[std::path::PathBuf]) -> Result<()> {
+    let mut failed = 0;
+    for (e, items) in by_mount(paths)? {
+        let req = crate::control::Request::State {
+            paths: items.iter().map(|(_, r)| r.clone()).collect(),
+        };
+        for ((shown, _), r) in items.iter().zip(client::per_path(&e, &req)?) {
+            if r["ok"] == Value::Bool(true) {
+                println!("{shown}: {}", r["state"].as_str().unwrap_or("?"));
+            } else {
+                failed += 1;
+                eprintln!(
+                    "mountctl: {shown}: {}",
+                    r["error"].as_str().unwrap_or("failed")
+                );
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} paths have no state", paths.len());
+    }
+    Ok(())
+}
+
 pub fn conflicts(mountpoint: Option<&Path>, json: bool) -> Result<()> {
     let entries = match mountpoint {
         Some(m) => vec![client::require_running(&client::resolve_mountpoint(m)?)?],
