@@ -267,3 +267,34 @@ fn auto_merge_joins_changes_to_different_lines() {
     );
     assert!(s.copies("", "list.txt").is_empty());
 }
+
+#[test]
+fn local_rename_vs_remote_modify_moves_the_remote_edit_along() {
+    let c = Case::new(|r| fs::write(r.join("a.txt"), b"base\n").unwrap(), &[]);
+    learn(&c, "a.txt");
+    fs::write(c.r("a.txt"), b"remote edit\n").unwrap();
+    fs::rename(c.m("a.txt"), c.m("b.txt")).unwrap();
+    let s = c.settle();
+    assert_eq!(s.names(""), ["b.txt"], "the rename is applied");
+    assert_eq!(
+        s.read("b.txt"),
+        b"remote edit\n",
+        "the remote edit moved along"
+    );
+}
+
+#[test]
+fn local_file_vs_remote_directory_of_the_same_name_keeps_both() {
+    let c = Case::new(|_| {}, &[]);
+    assert!(fs::read_dir(c.drive.path()).unwrap().next().is_none());
+    fs::write(c.m("x.txt"), b"a file made here\n").unwrap();
+    fs::create_dir(c.r("x.txt")).unwrap();
+    fs::write(c.r("x.txt/inside"), b"theirs\n").unwrap();
+    let s = c.settle();
+    assert_eq!(
+        s.read("x.txt/inside"),
+        b"theirs\n",
+        "the remote directory stays"
+    );
+    assert_eq!(s.one_copy("", "x.txt"), b"a file made here\n");
+}
