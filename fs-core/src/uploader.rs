@@ -1028,11 +1028,7 @@ impl Vfs {
         }
         match written {
             Ok(e) => {
-                self.inner.counters.uploads.fetch_add(1, Ordering::Relaxed);
-                self.inner
-                    .counters
-                    .uploaded_bytes
-                    .fetch_add(content.size, Ordering::Relaxed);
+                self.count_upload(content.size);
                 Ok(Outcome::Applied(Some(e)))
             }
             Err(ProviderError::PreconditionFailed { .. } | ProviderError::AlreadyExists(_)) => {
@@ -1041,6 +1037,14 @@ impl Vfs {
             }
             Err(e) => Err(e),
         }
+    }
+
+    fn count_upload(&self, bytes: u64) {
+        self.inner.counters.uploads.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .counters
+            .uploaded_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Makes the missing ancestors of `path` on the provider (they were removed there while
@@ -1222,11 +1226,7 @@ impl Vfs {
         let body = self.body(path.clone(), oid.clone(), content.clone());
         match p.write(path, body, content.size, pre, attrs).await {
             Ok(e) => {
-                self.inner.counters.uploads.fetch_add(1, Ordering::Relaxed);
-                self.inner
-                    .counters
-                    .uploaded_bytes
-                    .fetch_add(content.size, Ordering::Relaxed);
+                self.count_upload(content.size);
                 match &moved {
                     Some(c) => {
                         tracing::warn!(%path, conflict = %c, "changed on both sides: the local version won, the remote one was kept as a copy")

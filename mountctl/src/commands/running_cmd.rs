@@ -67,21 +67,20 @@ fn by_mount(paths: &[std::path::PathBuf]) -> Result<Vec<MountPaths>> {
     Ok(groups)
 }
 
-pub fn pin(paths: &[std::path::PathBuf], pin: bool) -> Result<()> {
+/// Sends one per-path request (made by `req` from the paths relative to their mount) to each
+/// mount that holds some of `paths`; prints each success with `ok`, each failure on stderr.
+/// Returns how many failed.
+fn per_path(
+    paths: &[std::path::PathBuf],
+    req: impl Fn(Vec<String>) -> crate::control::Request,
+    ok: impl Fn(&str, &Value),
+) -> Result<usize> {
     let mut failed = 0;
     for (e, items) in by_mount(paths)? {
-        let req = crate::control::Request::Pin {
-            paths: items.iter().map(|(_, r)| r.clone()).collect(),
-            pin,
-        };
-        for ((shown, _), r) in items.iter().zip(client::per_path(&e, &req)?) {
+        let r = req(items.iter().map(|(_, r)| r.clone()).collect());
+        for ((shown, _), r) in items.iter().zip(client::per_path(&e, &r)?) {
             if r["ok"] == Value::Bool(true) {
-                let (files, bytes) = (
-                    r["files"].as_u64().unwrap_or(0),
-                    r["bytes"].as_u64().unwrap_or(0),
-                );
-                let what = if pin { "pinned" } else { "unpinned" };
-                println!("{shown}: {what} ({files} files, {})", human(bytes));
+                ok(shown, &r);
             } else {
                 failed += 1;
                 eprintln!(
@@ -91,34 +90,34 @@ pub fn pin(paths: &[std::path::PathBuf], pin: bool) -> Result<()> {
             }
         }
     }
+    Ok(failed)
+}
+
+pub fn pin(paths: &[std::path::PathBuf], pin: bool) -> Result<()> {
+    let what = if pin { "pinned" } else { "unpinned" };
+    let failed = per_path(
+        paths,
+        |paths| crate::control::Request::Pin { paths, pin },
+        |shown, r| {
+            let (files, bytes) = (
+                r["files"].as_u64().unwrap_or(0),
+                r["bytes"].as_u64().unwrap_or(0),
+            );
+            println!("{shown}: {what} ({files} files, {})", human(bytes));
+        },
+    )?;
     if failed > 0 {
-        bail!(
-            "{failed} of {} paths could not be {}",
-            paths.len(),
-            if pin { "pinned" } else { "unpinned" }
-        );
+        bail!("{failed} of {} paths could not be {what}", paths.len());
     }
     Ok(())
 }
 
 pub fn state(paths: &[std::path::PathBuf]) -> Result<()> {
-    let mut failed = 0;
-    for (e, items) in by_mount(paths)? {
-        let req = crate::control::Request::State {
-            paths: items.iter().map(|(_, r)| r.clone()).collect(),
-        };
-        for ((shown, _), r) in items.iter().zip(client::per_path(&e, &req)?) {
-            if r["ok"] == Value::Bool(true) {
-                println!("{shown}: {}", r["state"].as_str().unwrap_or("?"));
-            } else {
-                failed += 1;
-                eprintln!(
-                    "mountctl: {shown}: {}",
-                    r["error"].as_str().unwrap_or("failed")
-                );
-            }
-        }
-    }
+    let failed = per_path(
+        paths,
+        |paths| crate::control::Request::State { paths },
+        |shown, r| println!("{shown}: {}", r["state"].as_str().unwrap_or("?")),
+    )?;
     if failed > 0 {
         bail!("{failed} of {} paths have no state", paths.len());
     }
