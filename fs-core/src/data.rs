@@ -229,7 +229,6 @@ impl Vfs {
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let h = self.handle(fh)?;
         let node = h.node;
-
         let cs = self.inner.cfg.chunk_size;
         let (plans, oid, base_version, file_size, base_len) = {
             let ns = lock(&self.inner.ns);
@@ -239,7 +238,7 @@ impl Vfs {
             }
             // Another version replaced this one on the provider since the open: never a mix
             // (the namespace lock orders this against the listing merge).
-            if self.remote_gen(node) != h.remote_gen {
+            if n.remote_gen != h.remote_gen {
                 return Err(FsError::Io(
                     "the file changed on the remote while it was open; open it again to read the new version".into(),
                 ));

@@ -53,6 +53,9 @@ pub struct Node {
     pub orphan: bool,
     /// Version of the content the kernel may have cached pages of (for keep_cache).
     pub cached_version: Option<u64>,
+    /// How often a listing replaced this file's content with another remote version (not
+    /// persisted): a handle opened before fails its reads instead of mixing two versions.
+    pub remote_gen: u64,
 }
 
 impl Node {
@@ -110,6 +113,7 @@ impl Namespace {
                 open: 0,
                 orphan: false,
                 cached_version: None,
+                remote_gen: 0,
             },
         );
         Namespace {
@@ -431,6 +435,7 @@ impl Namespace {
             open: 0,
             orphan: false,
             cached_version: None,
+            remote_gen: 0,
         }
     }
 
@@ -483,6 +488,7 @@ impl Namespace {
                     if changed && n.kind == FileKind::File {
                         n.content = Content::remote(e.version.clone(), e.size);
                         n.cached_version = None;
+                        n.remote_gen += 1;
                         out.changed.push(id);
                     }
                     if changed && n.kind != FileKind::Dir {

@@ -168,13 +168,6 @@ impl Vfs {
                         }
                     }
                 }
-                // Bumped under the namespace lock, with the merge: a read sees both or neither.
-                if !outcome.changed.is_empty() {
-                    let mut g = lock(&self.inner.remote_changes);
-                    for id in &outcome.changed {
-                        *g.entry(*id).or_insert(0) += 1;
-                    }
-                }
                 outcome
             };
             for id in outcome.changed {
@@ -373,7 +366,7 @@ impl Vfs {
             .inner
             .next_fh
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let keep_cache = {
+        let (keep_cache, remote_gen) = {
             let mut ns = lock(&self.inner.ns);
             match ns.get_mut(ino) {
                 Some(n) => {
@@ -382,12 +375,11 @@ impl Vfs {
                     let tag = n.remote.as_ref().map(|r| version_tag(&r.version));
                     let keep = tag.is_some() && n.cached_version == tag && !n.content.is_modified();
                     n.cached_version = tag;
-                    keep
+                    (keep, n.remote_gen)
                 }
-                None => false,
+                None => (false, 0),
             }
         };
-        let remote_gen = self.remote_gen(ino);
         lock(&self.inner.handles).insert(
             fh,
             Handle {

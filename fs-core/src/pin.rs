@@ -48,6 +48,15 @@ impl FileState {
     }
 }
 
+/// One chunk of a file that holds data.
+struct DataChunk {
+    key: cache::ChunkKey,
+    index: u64,
+    len: u64,
+    /// Of the remote version (fetchable), not written here.
+    remote: bool,
+}
+
 /// What a pin or unpin did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PinReport {
@@ -100,14 +109,14 @@ impl Vfs {
                 need += self
                     .chunks_of(f)
                     .iter()
-                    .filter(|(k, _, _)| {
+                    .filter(|c| {
                         !self
                             .inner
                             .cache
-                            .state(k)
+                            .state(&c.key)
                             .is_some_and(|s| s.is_user_pinned() || s.is_dirty())
                     })
-                    .map(|(_, _, len)| *len)
+                    .map(|c| c.len)
                     .sum::<u64>();
             }
             let u = self.inner.cache.usage();
@@ -126,14 +135,14 @@ impl Vfs {
                     n.content.size,
                 )
             };
-            for (key, index, _) in self.chunks_of(f) {
+            for DataChunk {
+                key, index, remote, ..
+            } in self.chunks_of(f)
+            {
                 if pin {
                     if !self.inner.cache.contains(&key) {
                         // A local chunk not in the cache yet is on its way there, dirty (kept
                         // until uploaded); only chunks of the remote version are fetched.
-                        let remote = version
-                            .as_ref()
-                            .is_some_and(|v| key == remote_key(&key.object_id, v, index));
                         let (Some(path), Some(version), true) =
                             (path.clone(), version.clone(), remote)
                         else {
@@ -158,8 +167,8 @@ impl Vfs {
         Ok(report)
     }
 
-    /// The cache keys of `node`'s chunks that hold data, with their index and length.
-    fn chunks_of(&self, node: NodeId) -> Vec<(cache::ChunkKey, u64, u64)> {
+    /// `node`'s chunks that hold data.
+    fn chunks_of(&self, node: NodeId) -> Vec<DataChunk> {
         let cs = self.inner.cfg.chunk_size;
         let ns = lock(&self.inner.ns);
         let Some(n) = ns.get(node) else {
@@ -170,14 +179,21 @@ impl Vfs {
         (0..c.size.div_ceil(cs))
             .filter_map(|i| {
                 let len = cs.min(c.size - i * cs);
-                let key = match c.src(i, cs) {
-                    ChunkSrc::Local(g) | ChunkSrc::Base { alias: Some(g) } => local_key(&oid, g, i),
+                let (key, remote) = match c.src(i, cs) {
+                    ChunkSrc::Local(g) | ChunkSrc::Base { alias: Some(g) } => {
+                        (local_key(&oid, g, i), false)
+                    }
                     ChunkSrc::Base { alias: None } => {
-                        remote_key(&oid, &c.base.as_ref()?.version, i)
+                        (remote_key(&oid, &c.base.as_ref()?.version, i), true)
                     }
                     ChunkSrc::Hole => return None,
                 };
-                Some((key, i, len))
+                Some(DataChunk {
+                    key,
+                    index: i,
+                    len,
+                    remote,
+                })
             })
             .collect()
     }
@@ -214,7 +230,7 @@ impl Vfs {
         let chunks = self.chunks_of(node);
         let states: Vec<_> = chunks
             .iter()
-            .map(|(k, _, _)| self.inner.cache.state(k))
+            .map(|c| self.inner.cache.state(&c.key))
             .collect();
         let cached = states.iter().filter(|s| s.is_some()).count();
         Ok(if chunks.is_empty() {

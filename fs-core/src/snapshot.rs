@@ -690,6 +690,7 @@ fn decode(body: &[u8], version: u16) -> Result<(Namespace, Checkpoint), Reason> 
             open: 0,
             orphan: false,
             cached_version: None,
+            remote_gen: 0,
         };
         if nodes.insert(id, node).is_some() {
             return Err("duplicate node id");

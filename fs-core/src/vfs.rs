@@ -63,8 +63,8 @@ pub(crate) struct Handle {
     pub window: u64,
     /// Last chunk prefetched.
     pub prefetched_to: u64,
-    /// The node's count of remote changes when it was opened ([`Inner::remote_changes`]): a
-    /// read after the remote changed the file fails instead of mixing two versions.
+    /// The node's `remote_gen` when it was opened: a read after a listing replaced the file's
+    /// content with another remote version fails instead of mixing two versions.
     pub remote_gen: u64,
 }
 
@@ -154,8 +154,6 @@ pub(crate) struct Inner {
     pub last_error: Mutex<Option<String>>,
     /// The conflicts of this mount's life, oldest first (at most [`MAX_CONFLICTS_KEPT`]).
     pub conflict_log: Mutex<std::collections::VecDeque<ConflictRecord>>,
-    /// How often a listing found each node changed on the provider (a leaf lock).
-    pub remote_changes: Mutex<HashMap<NodeId, u64>>,
     pub hostname: String,
     /// Bumped (under the namespace lock) whenever a record is applied to the provider: a
     /// listing taken across a change is not merged.
@@ -395,7 +393,6 @@ impl Vfs {
             counters: Counters::default(),
             last_error: Mutex::new(None),
             conflict_log: Mutex::new(std::collections::VecDeque::new()),
-            remote_changes: Mutex::new(HashMap::new()),
             hostname: hostname(),
             applied_epoch: AtomicU64::new(0),
             shutdown: std::sync::atomic::AtomicBool::new(false),
@@ -755,14 +752,6 @@ impl Vfs {
             tracing::warn!("the provider cannot be reached: offline");
             q.offline_since = Some(SystemTime::now());
         }
-    }
-
-    /// How often listings found `node` changed on the provider.
-    pub(crate) fn remote_gen(&self, node: NodeId) -> u64 {
-        lock(&self.inner.remote_changes)
-            .get(&node)
-            .copied()
-            .unwrap_or(0)
     }
 
     pub(crate) fn record_conflict_entry(&self, c: ConflictRecord) {
@@ -1144,6 +1133,7 @@ pub(crate) fn new_node(
         open: 0,
         orphan: false,
         cached_version: None,
+        remote_gen: 0,
     }
 }
 

@@ -66,6 +66,7 @@ fn blank(id: NodeId, parent: NodeId, name: &str, kind: FileKind) -> Node {
         open: 0,
         orphan: false,
         cached_version: None,
+        remote_gen: 0,
     }
 }
 

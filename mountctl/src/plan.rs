@@ -53,11 +53,7 @@ impl MountPlan {
             Err(e) if !remote.exists() => {
                 let abs = std::path::absolute(&remote)
                     .with_context(|| format!("cannot make {} absolute", remote.display()))?;
-                let cache_dir = match &args.cache_dir {
-                    Some(d) => std::path::absolute(d)
-                        .with_context(|| format!("cannot make {} absolute", d.display()))?,
-                    None => default_cache_dir_for(&crate::cli::default_cache_dir(), &abs),
-                };
+                let cache_dir = cache_dir_of(args, &abs)?;
                 if !fs_core::cache::is_cache_dir(&cache_dir) {
                     return Err(e);
                 }
@@ -97,11 +93,7 @@ impl MountPlan {
                 "--auto-merge is not available yet (the three-way merge of text files is still to be built); mount without it: conflicts then follow --conflict"
             );
         }
-        let cache_dir = match &args.cache_dir {
-            Some(d) => std::path::absolute(d)
-                .with_context(|| format!("cannot make {} absolute", d.display()))?,
-            None => default_cache_dir_for(&crate::cli::default_cache_dir(), &remote),
-        };
+        let cache_dir = cache_dir_of(args, &remote)?;
         check_cache_dir(&cache_dir, &mountpoint, &remote)?;
         for (what, p) in [("mountpoint", &mountpoint), ("cache directory", &cache_dir)] {
             if p.to_str().is_none() {
@@ -217,6 +209,15 @@ impl MountPlan {
         a.push("--daemon-child".into());
         a
     }
+}
+
+/// `--cache-dir` made absolute, else the default cache directory of `remote`.
+fn cache_dir_of(args: &MountArgs, remote: &Path) -> Result<PathBuf> {
+    Ok(match &args.cache_dir {
+        Some(d) => std::path::absolute(d)
+            .with_context(|| format!("cannot make {} absolute", d.display()))?,
+        None => default_cache_dir_for(&crate::cli::default_cache_dir(), remote),
+    })
 }
 
 fn canonical_remote(p: &Path) -> Result<PathBuf> {
