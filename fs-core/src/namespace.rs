@@ -56,6 +56,9 @@ pub struct Node {
     /// How often a listing replaced this file's content with another remote version (not
     /// persisted): a handle opened before fails its reads instead of mixing two versions.
     pub remote_gen: u64,
+    /// When the provider last told this entry's version (a listing or a stat; not persisted):
+    /// an open after `attr_timeout` asks again (close-to-open consistency).
+    pub checked_at: Option<Instant>,
 }
 
 impl Node {
@@ -114,6 +117,7 @@ impl Namespace {
                 orphan: false,
                 cached_version: None,
                 remote_gen: 0,
+                checked_at: None,
             },
         );
         Namespace {
@@ -436,6 +440,7 @@ impl Namespace {
             orphan: false,
             cached_version: None,
             remote_gen: 0,
+            checked_at: None,
         }
     }
 
@@ -460,59 +465,15 @@ impl Namespace {
             let Some(path) = dir_path.join(&e.name) else {
                 continue;
             };
-            match self.child(dir, &e.name) {
-                Some(id) => {
-                    let Some(n) = self.nodes.get_mut(&id) else {
-                        continue;
-                    };
-                    if n.pending > 0
-                        || n.dirty
-                        || n.content.is_modified() && n.kind == FileKind::File
-                    {
-                        continue;
-                    }
-                    let same_kind = matches!(
-                        (n.kind, e.kind),
-                        (FileKind::File, EntryKind::File)
-                            | (FileKind::Dir, EntryKind::Dir)
-                            | (FileKind::Symlink, EntryKind::Symlink)
-                    );
-                    if !same_kind {
-                        self.detach(id);
-                        out.vanished.push((dir, e.name.clone(), id));
-                        let node = self.node_from_remote(dir, &e);
-                        self.insert(node);
-                        continue;
-                    }
-                    let changed = n.remote.as_ref().map(|r| &r.version) != Some(&e.version);
-                    if changed && n.kind == FileKind::File {
-                        n.content = Content::remote(e.version.clone(), e.size);
-                        n.cached_version = None;
-                        n.remote_gen += 1;
-                        out.changed.push(id);
-                    }
-                    if changed && n.kind != FileKind::Dir {
-                        out.learned.push((id, e.version.clone(), e.size));
-                    }
-                    n.remote = Some(RemoteState {
-                        version: e.version.clone(),
-                        size: e.size,
-                    });
-                    n.mtime = e.mtime;
-                    if let Some(m) = e.mode {
-                        n.perm = (m & 0o7777) as u16;
-                    }
-                    if n.kind == FileKind::Symlink {
-                        n.target = e.symlink_target.clone();
-                    }
-                }
-                None => {
-                    if self.tombstoned(&path) {
-                        continue;
-                    }
-                    let node = self.node_from_remote(dir, &e);
-                    self.insert(node);
-                }
+            if self.tombstoned(&path) && self.child(dir, &e.name).is_none() {
+                continue;
+            }
+            self.merge_entry(dir, &e, &mut out);
+            if let Some(n) = self
+                .child(dir, &e.name)
+                .and_then(|id| self.nodes.get_mut(&id))
+            {
+                n.checked_at = Some(now);
             }
         }
         let gone: Vec<(String, NodeId)> = self
@@ -551,6 +512,58 @@ impl Namespace {
         }
         self.partial.remove(&dir);
         out
+    }
+
+    /// Merges what the provider has at `dir`/`e.name` (from a listing or a stat) into the
+    /// entry of that name: a file's new remote version replaces its content (unless it has
+    /// local changes, which conflict when uploaded), another kind replaces the node, a new name
+    /// becomes a node. What it changed goes into `out`.
+    pub fn merge_entry(&mut self, dir: NodeId, e: &RemoteEntry, out: &mut MergeOutcome) {
+        let Some(id) = self.child(dir, &e.name) else {
+            let node = self.node_from_remote(dir, e);
+            self.insert(node);
+            return;
+        };
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if n.pending > 0 || n.dirty || n.content.is_modified() && n.kind == FileKind::File {
+            return;
+        }
+        let same_kind = matches!(
+            (n.kind, e.kind),
+            (FileKind::File, EntryKind::File)
+                | (FileKind::Dir, EntryKind::Dir)
+                | (FileKind::Symlink, EntryKind::Symlink)
+        );
+        if !same_kind {
+            self.detach(id);
+            out.vanished.push((dir, e.name.clone(), id));
+            let node = self.node_from_remote(dir, e);
+            self.insert(node);
+            return;
+        }
+        let changed = n.remote.as_ref().map(|r| &r.version) != Some(&e.version);
+        if changed && n.kind == FileKind::File {
+            n.content = Content::remote(e.version.clone(), e.size);
+            n.cached_version = None;
+            n.remote_gen += 1;
+            out.changed.push(id);
+        }
+        if changed && n.kind != FileKind::Dir {
+            out.learned.push((id, e.version.clone(), e.size));
+        }
+        n.remote = Some(RemoteState {
+            version: e.version.clone(),
+            size: e.size,
+        });
+        n.mtime = e.mtime;
+        if let Some(m) = e.mode {
+            n.perm = (m & 0o7777) as u16;
+        }
+        if n.kind == FileKind::Symlink {
+            n.target = e.symlink_target.clone();
+        }
     }
 
     fn subtree_has_local_changes(&self, id: NodeId) -> bool {

@@ -154,33 +154,43 @@ impl Vfs {
                         n.mtime = mtime;
                     }
                 }
-                // Later records of these nodes are conditional on what the listing told:
-                // replay must know it. Not synced: it only matters to records after it, whose
-                // own sync makes it durable too.
-                if !self.inner.cfg.read_only {
-                    for (node, version, size) in &outcome.learned {
-                        let rec = Record::Learned {
-                            node: *node,
-                            remote: (version.clone(), *size),
-                        };
-                        if let Err(e) = self.inner.wal.append(&rec.encode()) {
-                            tracing::warn!(error = %e, "could not journal a remote change");
-                        }
-                    }
-                }
+                self.journal_learned(&outcome.learned);
                 outcome
             };
-            for id in outcome.changed {
-                self.invalidate_inode(id);
-            }
-            for (parent, name, _) in outcome.vanished {
-                self.invalidate_entry(parent, &name);
-            }
+            self.invalidate_merged(outcome);
             return Ok(());
         }
         // The provider keeps changing under the uploader: keep what is known for now.
         tracing::debug!("directory listing raced with uploads; keeping the known listing");
         Ok(())
+    }
+
+    /// Later records of these nodes are conditional on what the provider told: replay must
+    /// know it. Called with the namespace locked (the order of the log). Not synced: it only
+    /// matters to records after it, whose own sync makes it durable too.
+    pub(crate) fn journal_learned(&self, learned: &[(NodeId, crate::provider::Version, u64)]) {
+        if self.inner.cfg.read_only {
+            return;
+        }
+        for (node, version, size) in learned {
+            let rec = Record::Learned {
+                node: *node,
+                remote: (version.clone(), *size),
+            };
+            if let Err(e) = self.inner.wal.append(&rec.encode()) {
+                tracing::warn!(error = %e, "could not journal a remote change");
+            }
+        }
+    }
+
+    /// Tells the kernel what a merge changed (called without the namespace lock).
+    pub(crate) fn invalidate_merged(&self, outcome: crate::namespace::MergeOutcome) {
+        for id in outcome.changed {
+            self.invalidate_inode(id);
+        }
+        for (parent, name, _) in outcome.vanished {
+            self.invalidate_entry(parent, &name);
+        }
     }
 
     /// Every entry of `dir` on the provider; `None` when the provider is unavailable and a
@@ -352,6 +362,7 @@ impl Vfs {
                 FileKind::File => {}
             }
         }
+        self.revalidate_on_open(ino).await?;
         if flags.truncate {
             let size = lock(&self.inner.ns).get(ino).map_or(0, |n| n.content.size);
             if size > 0 {

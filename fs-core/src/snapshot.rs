@@ -691,6 +691,7 @@ fn decode(body: &[u8], version: u16) -> Result<(Namespace, Checkpoint), Reason> 
             orphan: false,
             cached_version: None,
             remote_gen: 0,
+            checked_at: None,
         };
         if nodes.insert(id, node).is_some() {
             return Err("duplicate node id");

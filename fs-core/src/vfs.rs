@@ -1134,6 +1134,7 @@ pub(crate) fn new_node(
         orphan: false,
         cached_version: None,
         remote_gen: 0,
+        checked_at: None,
     }
 }
 

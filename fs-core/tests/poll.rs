@@ -1,5 +1,6 @@
 //! Polling over the in-memory provider: `poll_once` brings remote changes into the namespace,
-//! and a file open across a remote change fails rather than mixing versions.
+//! and a file open across a remote change fails rather than mixing versions. Close-to-open:
+//! an open after `attr_timeout` asks the provider for the file's version.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,11 @@ use fs_core::provider::memory::MemoryProvider;
 use fs_core::{NodeId, OpenFlags, Vfs, VfsConfig};
 
 fn vfs(dir: &std::path::Path, mem: Arc<MemoryProvider>) -> Vfs {
+    // Attributes trusted for long too: no open asks the provider.
+    vfs_with(dir, mem, Duration::from_secs(3600))
+}
+
+fn vfs_with(dir: &std::path::Path, mem: Arc<MemoryProvider>, attr_timeout: Duration) -> Vfs {
     let cache = Arc::new(
         ChunkCache::open(
             CacheConfig::new(dir, CacheLimit::bytes(64 << 20)),
@@ -22,6 +28,7 @@ fn vfs(dir: &std::path::Path, mem: Arc<MemoryProvider>) -> Vfs {
         // Listings trusted for long: only the poll can bring news.
         dir_cache_time: Duration::from_secs(3600),
         poll_interval: Duration::ZERO,
+        attr_timeout,
         ..VfsConfig::default()
     };
     Vfs::new(cfg, cache, mem).unwrap()
@@ -123,4 +130,53 @@ async fn an_unreachable_provider_keeps_what_is_known() {
         ["kept.txt"],
         "offline is not deleted"
     );
+}
+
+#[tokio::test]
+async fn an_open_after_the_attr_timeout_sees_the_new_version() {
+    let d = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryProvider::new());
+    mem.put_file("/doc.txt", b"first");
+    mem.put_file("/gone.txt", b"soon gone");
+    let v = vfs_with(d.path(), mem.clone(), Duration::ZERO);
+    let ino = v.lookup(NodeId::ROOT, "doc.txt").await.unwrap().ino;
+    assert_eq!(read_all(&v, ino).await, b"first");
+    let stats = mem.counters().stat;
+
+    mem.put_file("/doc.txt", b"second, longer");
+    // No poll, the listing trusted for an hour: only the open asks.
+    assert_eq!(read_all(&v, ino).await, b"second, longer");
+    assert_eq!(v.getattr(ino).await.unwrap().size, 14);
+    assert!(mem.counters().stat > stats, "the open asked the provider");
+
+    let gone = v.lookup(NodeId::ROOT, "gone.txt").await.unwrap().ino;
+    mem.remove("/gone.txt");
+    let e = v
+        .open(gone, R)
+        .await
+        .expect_err("opening a file removed remotely");
+    assert_eq!(e, fs_core::FsError::NotFound);
+    assert_eq!(names(&v, NodeId::ROOT).await, ["doc.txt"]);
+
+    // Offline, the known version opens at once.
+    mem.set_unreachable(true);
+    assert_eq!(read_all(&v, ino).await, b"second, longer");
+}
+
+#[tokio::test]
+async fn an_open_within_the_attr_timeout_does_not_ask() {
+    let d = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryProvider::new());
+    mem.put_file("/doc.txt", b"first");
+    let v = vfs(d.path(), mem.clone());
+    let ino = v.lookup(NodeId::ROOT, "doc.txt").await.unwrap().ino;
+    assert_eq!(read_all(&v, ino).await, b"first");
+    let stats = mem.counters().stat;
+    mem.put_file("/doc.txt", b"second");
+    assert_eq!(
+        read_all(&v, ino).await,
+        b"first",
+        "trusted until the timeout"
+    );
+    assert_eq!(mem.counters().stat, stats, "no provider call on open");
 }

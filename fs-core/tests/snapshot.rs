@@ -67,6 +67,7 @@ fn blank(id: NodeId, parent: NodeId, name: &str, kind: FileKind) -> Node {
         orphan: false,
         cached_version: None,
         remote_gen: 0,
+        checked_at: None,
     }
 }
 
