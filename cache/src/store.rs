@@ -624,14 +624,24 @@ impl ChunkCache {
             kind == PutKind::Pinned || old_state.is_some_and(ChunkState::is_user_pinned);
         let new_state = ChunkState::from_flags(dirty, user_pinned);
         let target = self.chunk_path(name, new_state);
-        if !dirty && old.is_some_and(|o| o.state == new_state) {
-            // Replacing a file by rename makes ext4 flush the new data at once (auto_da_alloc),
-            // which cost 3x here; clean data may vanish on a crash, so unlink first instead.
-            let _ = fs::remove_file(&target);
-        }
+        // Replacing a file by rename makes ext4 flush the new data at once (auto_da_alloc),
+        // which cost 3x here. An evictable (`Clean`) chunk may vanish on a crash, so its older
+        // file is unlinked first instead. A kept-offline (`Pinned`) one must not: a crash
+        // between the unlink and the rename would lose it, so it is replaced by the rename alone.
+        let unlinked_first = new_state.is_evictable()
+            && old.is_some_and(|o| o.state == new_state)
+            && fs::remove_file(&target).is_ok();
+        crash_point("commit: before the rename into place");
         if let Err(e) = fs::rename(tmp, &target) {
             st.used -= reserved;
             st.slots -= 1;
+            if unlinked_first {
+                // The older file is gone: so is the entry.
+                if let Some(o) = st.take(&name) {
+                    st.used -= o.charge;
+                    st.slots -= 1;
+                }
+            }
             self.health.report_failure("rename chunk", &e);
             return Err(CacheError::io("rename chunk", target, e));
         }
@@ -975,6 +985,81 @@ impl Drop for ChunkCache {
     fn drop(&mut self) {
         if let Err(e) = self.flush_index() {
             tracing::warn!(error = %e, "could not save the cache's eviction order");
+        }
+    }
+}
+
+/// A point where a crash (kill -9, power loss) may cut the store's work. A no-op, except in this
+/// crate's unit tests, which arm one on their thread to simulate a kill there (see `tests`).
+#[cfg(not(test))]
+#[inline(always)]
+fn crash_point(_at: &'static str) {}
+
+#[cfg(test)]
+fn crash_point(at: &'static str) {
+    tests::hit_crash_point(at);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    use super::*;
+    use crate::{KdfParams, Passphrase};
+
+    thread_local! {
+        static ARMED: Cell<Option<&'static str>> = const { Cell::new(None) };
+    }
+
+    /// Panics at the armed crash point (once): the store's work stops there, as under a kill,
+    /// and whatever it had already done on disk stays done.
+    pub(super) fn hit_crash_point(at: &'static str) {
+        if ARMED.with(|a| a.get()) == Some(at) {
+            ARMED.with(|a| a.set(None));
+            panic!("simulated crash at {at:?}");
+        }
+    }
+
+    fn open(dir: &Path) -> ChunkCache {
+        ChunkCache::open(
+            CacheConfig::new(dir, CacheLimit::bytes(8 << 20)),
+            &Passphrase::new("crash point test", KdfParams::FAST_INSECURE),
+        )
+        .expect("open the cache")
+    }
+
+    /// Regression (`kill_9_during_puts` in tests/crash.rs failed intermittently): a put over a
+    /// kept-offline chunk unlinked the older file before renaming the new one into place, as it
+    /// may for a clean chunk; a kill in between lost the pinned chunk.
+    #[test]
+    fn crash_during_a_put_over_a_pinned_chunk_keeps_the_pinned_chunk() {
+        for kind in [PutKind::Clean, PutKind::Pinned] {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let dir = tmp.path().join("cache");
+            let key = ChunkKey::new("/obj", "v1", 0);
+            let old = vec![0x11; 70_000];
+            {
+                let c = open(&dir);
+                assert_eq!(
+                    c.put(&key, &old, PutKind::Pinned).expect("pinned put"),
+                    PutOutcome::Stored
+                );
+                ARMED.with(|a| a.set(Some("commit: before the rename into place")));
+                let cut = catch_unwind(AssertUnwindSafe(|| c.put(&key, &[0x22; 5000], kind)));
+                assert!(
+                    cut.is_err(),
+                    "{kind:?}: the put must stop at the crash point"
+                );
+                // Dropping releases the process lock, as the kernel does on a kill.
+            }
+            let c = open(&dir);
+            assert_eq!(
+                c.state(&key),
+                Some(ChunkState::Pinned),
+                "{kind:?} put over a pinned chunk, cut before its rename: the pinned chunk is lost"
+            );
+            assert_eq!(c.get(&key).expect("get").as_deref(), Some(&old[..]));
         }
     }
 }
