@@ -332,21 +332,50 @@ impl MemoryProvider {
     /// # Panics
     /// If `path` is not a valid [`RemotePath`] or is the root.
     pub fn put_file(&self, path: &str, data: &[u8]) {
+        self.put_file_replacing(path, data);
+    }
+
+    /// [`MemoryProvider::put_file`], answering, in the same step, the contents of the files
+    /// it replaced (at `path`, below it, or in the way of a parent): what a test model knows
+    /// the remote side overwrote, with no upload slipping in between.
+    ///
+    /// # Panics
+    /// If `path` is not a valid [`RemotePath`] or is the root.
+    pub fn put_file_replacing(&self, path: &str, data: &[u8]) -> Vec<Vec<u8>> {
         let p = parse(path);
         assert!(
             !p.is_root(),
             "MemoryProvider::put_file: the root is a directory"
         );
         let mut st = self.lock();
+        let mut replaced = Vec::new();
+        let mut up = p.parent();
+        while let Some(d) = up {
+            if let Some(Node {
+                content: Content::File(b),
+                ..
+            }) = st.nodes.get(d.as_str())
+            {
+                replaced.push(b.to_vec());
+            }
+            up = d.parent();
+        }
         st.mkdir_all(&p.parent().unwrap_or_else(RemotePath::root));
         for k in st.subtree_keys(&p) {
-            st.nodes.remove(&k);
+            if let Some(Node {
+                content: Content::File(b),
+                ..
+            }) = st.nodes.remove(&k)
+            {
+                replaced.push(b.to_vec());
+            }
         }
         st.nodes.insert(
             p.as_str().to_string(),
             Node::new(Content::File(Bytes::copy_from_slice(data))),
         );
         st.touch_parent(&p);
+        replaced
     }
 
     /// Behind the back: removes whatever is at `path`, with everything below it (no-op if
@@ -355,17 +384,35 @@ impl MemoryProvider {
     /// # Panics
     /// If `path` is not a valid [`RemotePath`].
     pub fn remove(&self, path: &str) {
+        self.remove_returning(path);
+    }
+
+    /// [`MemoryProvider::remove`], answering, in the same step, the contents of the files it
+    /// removed.
+    ///
+    /// # Panics
+    /// If `path` is not a valid [`RemotePath`].
+    pub fn remove_returning(&self, path: &str) -> Vec<Vec<u8>> {
         let p = parse(path);
         let mut st = self.lock();
+        let mut removed = Vec::new();
         if !st.nodes.contains_key(p.as_str()) {
-            return;
+            return removed;
         }
         for k in st.subtree_keys(&p) {
-            if !k.is_empty() {
-                st.nodes.remove(&k);
+            if k.is_empty() {
+                continue;
+            }
+            if let Some(Node {
+                content: Content::File(b),
+                ..
+            }) = st.nodes.remove(&k)
+            {
+                removed.push(b.to_vec());
             }
         }
         st.touch_parent(&p);
+        removed
     }
 
     /// Behind the back: creates the directory `path` and its missing parents.
