@@ -819,7 +819,7 @@ impl Vfs {
                     gen: 1,
                     ..Content::default()
                 };
-                self.upload(path, *node, &empty, *mtime).await
+                self.upload(path, *node, &empty, *mtime, false).await
             }
             Record::Symlink { path, target, .. } => match p.symlink(path, target).await {
                 Ok(e) => Ok(Outcome::Applied(Some(e))),
@@ -918,14 +918,18 @@ impl Vfs {
                 // A later commit makes this one moot, unless it was found in the log at start:
                 // then it may have reached the provider before the crash, and the records after
                 // it (a rename away, say) must find it there. Re-applying it is idempotent.
-                let skip = {
+                let (recovered, superseded) = {
                     let q = lock(&self.inner.queue);
-                    !q.recovered(lsn) && q.superseded(lsn, *node)
+                    (q.recovered(lsn), q.superseded(lsn, *node))
                 };
-                if skip {
+                if superseded && !recovered {
                     return Ok(Outcome::Skipped);
                 }
-                self.upload(path, *node, content, *mtime).await
+                // Recovered and superseded: the provider must end with it only if it got there
+                // before the crash; if the remote changed meanwhile, the later record decides
+                // (a conflict copy of a version the user already replaced would be litter).
+                let moot = superseded;
+                self.upload(path, *node, content, *mtime, moot).await
             }
             Record::Applied { .. } | Record::Learned { .. } => Ok(Outcome::Skipped),
         }
@@ -994,6 +998,7 @@ impl Vfs {
         node: NodeId,
         content: &Content,
         mtime: SystemTime,
+        moot: bool,
     ) -> Result<Outcome, ProviderError> {
         let (oid, perm, known) = {
             let ns = lock(&self.inner.ns);
@@ -1016,9 +1021,13 @@ impl Vfs {
             .provider
             .write(path, body, content.size, pre.clone(), attrs)
             .await;
-        if matches!(written, Err(ProviderError::NotFound(_))) && self.make_parents(path).await? {
-            // The directory was removed remotely while this file had local changes: the
-            // local data is kept, in directories made again.
+        if matches!(
+            written,
+            Err(ProviderError::NotFound(_) | ProviderError::NotADirectory(_))
+        ) && self.make_parents(path).await?
+        {
+            // The directory was removed (or replaced by a file) remotely while this file had
+            // local changes: the local data is kept, in directories made again.
             let body = self.body(path.clone(), oid.clone(), content.clone());
             written = self
                 .inner
@@ -1032,7 +1041,7 @@ impl Vfs {
                 Ok(Outcome::Applied(Some(e)))
             }
             Err(ProviderError::PreconditionFailed { .. } | ProviderError::AlreadyExists(_)) => {
-                self.resolve_conflict(path, node, &oid, content, attrs, known)
+                self.resolve_conflict(path, &oid, content, attrs, known, moot)
                     .await
             }
             Err(e) => Err(e),
@@ -1050,15 +1059,26 @@ impl Vfs {
     /// Makes the missing ancestors of `path` on the provider (they were removed there while
     /// something in them changed here). Returns whether any was missing.
     async fn make_parents(&self, path: &RemotePath) -> Result<bool, ProviderError> {
+        let p = &self.inner.provider;
         let mut missing = Vec::new();
         let mut dir = path.parent();
         while let Some(d) = dir {
             if d.is_root() {
                 break;
             }
-            match self.inner.provider.stat(&d).await {
-                Ok(_) => break,
-                Err(ProviderError::NotFound(_)) => {
+            match p.stat(&d).await {
+                Ok(e) if e.kind == crate::provider::EntryKind::Dir => break,
+                Ok(_) => {
+                    // A file (or symlink) was put where this directory was: both are kept,
+                    // the remote one beside it under a conflict name, so the directory with
+                    // the local changes in it can be made again.
+                    let aside = self.move_aside(&d).await?;
+                    tracing::warn!(dir = %d, moved = %aside, "a remote file took the place of a directory with local changes: moved aside");
+                    self.record_conflict(&d, Some(&aside), ConflictWinner::Local);
+                    missing.push(d);
+                    break;
+                }
+                Err(ProviderError::NotFound(_) | ProviderError::NotADirectory(_)) => {
                     dir = d.parent();
                     missing.push(d);
                 }
@@ -1066,14 +1086,27 @@ impl Vfs {
             }
         }
         for d in missing.iter().rev() {
-            match self.inner.provider.mkdir(d).await {
+            match p.mkdir(d).await {
                 Ok(_) | Err(ProviderError::AlreadyExists(_)) => {
-                    tracing::warn!(dir = %d, "made again: removed on the provider while a file in it changed here");
+                    tracing::warn!(dir = %d, "made again: removed or replaced on the provider while a file in it changed here");
                 }
                 Err(e) => return Err(e),
             }
         }
         Ok(!missing.is_empty())
+    }
+
+    /// Renames what the provider has at `path` to a free conflict name beside it.
+    async fn move_aside(&self, path: &RemotePath) -> Result<RemotePath, ProviderError> {
+        let mut n = 1;
+        loop {
+            let aside = self.conflict_path(path, n)?;
+            match self.inner.provider.rename(path, &aside, false).await {
+                Ok(_) => return Ok(aside),
+                Err(ProviderError::AlreadyExists(_)) if n < 100 => n += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The provider has something else at `path` than the version our commit was based on.
@@ -1082,11 +1115,11 @@ impl Vfs {
     async fn resolve_conflict(
         &self,
         path: &RemotePath,
-        node: NodeId,
         oid: &cache::ObjectId,
         content: &Content,
         attrs: ObjectAttrs,
         known: Option<RemoteState>,
+        moot: bool,
     ) -> Result<Outcome, ProviderError> {
         let p = &self.inner.provider;
         let current = match p.stat(path).await {
@@ -1112,7 +1145,34 @@ impl Vfs {
                 .await?;
             return Ok(Outcome::Applied(Some(e)));
         };
-        let _ = (known, node);
+        if let Some(k) = &known {
+            if cur.kind == crate::provider::EntryKind::File && cur.version == k.version {
+                // The provider still has the version the commit was based on: the refusal
+                // was not a remote change (a proxy, a retried request, a server's hiccup).
+                // Nobody else wrote, so there is nothing to keep beside it: try again.
+                return Err(ProviderError::Other {
+                    message: format!(
+                        "{path}: the conditional upload was refused although the base version is unchanged"
+                    ),
+                    retryable: true,
+                });
+            }
+        }
+        if moot {
+            // A later record of the node carries what the user has now; it conflicts in turn.
+            tracing::debug!(%path, "a replayed commit already replaced here finds a remote change: left to the later one");
+            return Ok(Outcome::Skipped);
+        }
+        if let (true, Some(base)) = (self.inner.cfg.auto_merge, &known) {
+            if cur.kind == crate::provider::EntryKind::File {
+                if let Some(e) = self
+                    .auto_merge(path, oid, content, attrs, base, &cur)
+                    .await?
+                {
+                    return Ok(Outcome::Conflict(e));
+                }
+            }
+        }
         let cfg = &self.inner.cfg;
         // Only a file at the name can lose to ours; a directory or symlink there always stays.
         let local_wins = cur.kind == crate::provider::EntryKind::File
@@ -1144,6 +1204,91 @@ impl Vfs {
         self.record_conflict(path, Some(&cpath), ConflictWinner::Remote);
         // What the node shows now is for `finish` to decide (`replay_applied`).
         Ok(Outcome::Conflict(cur))
+    }
+
+    /// `--auto-merge`: both sides changed a text file. With the base version still in the
+    /// cache, a line-based three-way merge; if the changes do not overlap, the merged text is
+    /// written over the remote version (only if it is still `cur`) and is what the node shows
+    /// now. `None` (the policy decides) when the base is not cached, a version is not text or
+    /// too large, or the changes overlap.
+    async fn auto_merge(
+        &self,
+        path: &RemotePath,
+        oid: &cache::ObjectId,
+        content: &Content,
+        attrs: ObjectAttrs,
+        base: &RemoteState,
+        cur: &crate::provider::RemoteEntry,
+    ) -> Result<Option<crate::provider::RemoteEntry>, ProviderError> {
+        let max = crate::merge::MAX_MERGE_BYTES as u64;
+        if content.size > max || base.size > max || cur.size > max {
+            tracing::info!(%path, "auto-merge: too large; the conflict policy decides");
+            return Ok(None);
+        }
+        let cs = self.inner.cfg.chunk_size;
+        let mut base_bytes = Vec::with_capacity(base.size as usize);
+        for i in 0..base.size.div_ceil(cs) {
+            let key = remote_key(oid, &base.version, i);
+            match self.inner.cache.get(&key) {
+                Ok(Some(b)) => base_bytes.extend_from_slice(&b),
+                Ok(None) | Err(_) => {
+                    tracing::info!(%path, "auto-merge: the base version is no longer cached; the conflict policy decides");
+                    return Ok(None);
+                }
+            }
+        }
+        base_bytes.truncate(base.size as usize);
+        let theirs = crate::provider::collect(
+            self.inner
+                .provider
+                .read(path, &cur.version, 0, cur.size)
+                .await?,
+        )
+        .await?;
+        let mut ours = Vec::with_capacity(content.size as usize);
+        for i in 0..content.size.div_ceil(cs) {
+            let b = self
+                .chunk_for_upload(path, oid, content, i)
+                .await
+                .map_err(|e| ProviderError::Other {
+                    message: e.to_string(),
+                    retryable: true,
+                })?;
+            ours.extend_from_slice(&b);
+        }
+        let merged = match crate::merge::merge3(&base_bytes, &ours, &theirs) {
+            Ok(m) => m,
+            Err(why) => {
+                tracing::info!(%path, ?why, "auto-merge: not merged; the conflict policy decides");
+                return Ok(None);
+            }
+        };
+        let len = merged.len() as u64;
+        let body = crate::provider::once(Bytes::from(merged));
+        match self
+            .inner
+            .provider
+            .write(
+                path,
+                body,
+                len,
+                Precondition::IfMatch(cur.version.clone()),
+                attrs,
+            )
+            .await
+        {
+            Ok(e) => {
+                tracing::info!(%path, "changed on both sides: merged");
+                self.count_upload(len);
+                Ok(Some(e))
+            }
+            // Changed once more meanwhile: the next attempt compares again.
+            Err(ProviderError::PreconditionFailed { .. }) => Err(ProviderError::Other {
+                message: format!("{path}: changed again on the provider while merging"),
+                retryable: true,
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// A free conflict name beside `path`, for `attempt` (1, 2, ...).
