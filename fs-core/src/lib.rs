@@ -8,6 +8,7 @@ pub mod content;
 mod data;
 pub mod error;
 pub mod journal;
+pub mod merge;
 pub mod namespace;
 mod ops;
 pub mod pin;

@@ -189,3 +189,103 @@ async fn newer_and_older_compare_modification_times() {
         (&b"local"[..], vec![b"remote".to_vec()])
     );
 }
+
+/// `--auto-merge` over keep-both: "base" text is read through the drive (so its chunks are
+/// cached) unless `read_base` is false, rewritten here as `local`, and as `remote` behind the
+/// drive's back. Answers what is at the name, the conflict copies, and what the drive shows.
+async fn merge_run(
+    base: &str,
+    local: &str,
+    remote: &str,
+    read_base: bool,
+) -> (String, Vec<String>, String) {
+    let d = tempfile::tempdir().unwrap();
+    let cache = Arc::new(
+        ChunkCache::open(
+            CacheConfig::new(d.path(), CacheLimit::bytes(64 << 20)),
+            &Passphrase::new("pw", KdfParams::FAST_INSECURE),
+        )
+        .unwrap(),
+    );
+    let mem = Arc::new(MemoryProvider::new());
+    mem.put_file("/f.txt", base.as_bytes());
+    let cfg = VfsConfig {
+        write_back_delay: Duration::from_secs(3600),
+        chunk_size: 64 << 10,
+        provider_timeout: Duration::from_secs(5),
+        poll_interval: Duration::ZERO,
+        auto_merge: true,
+        ..VfsConfig::default()
+    };
+    let vfs = Vfs::new(cfg, cache, mem.clone()).unwrap();
+    vfs.spawn_uploader();
+    let ino = vfs.lookup(NodeId::ROOT, "f.txt").await.unwrap().ino;
+    let read_all = |vfs: Vfs| async move {
+        let o = vfs.open(ino, R).await.unwrap();
+        let b = vfs.read(o.fh, 0, 1 << 20).await.unwrap();
+        vfs.release(o.fh).await.unwrap();
+        String::from_utf8(b.to_vec()).unwrap()
+    };
+    if read_base {
+        assert_eq!(read_all(vfs.clone()).await, base);
+    }
+    let o = vfs.open(ino, W).await.unwrap();
+    vfs.write(o.fh, 0, local.as_bytes()).await.unwrap();
+    vfs.flush(o.fh).await.unwrap();
+    vfs.release(o.fh).await.unwrap();
+    mem.put_file("/f.txt", remote.as_bytes());
+    vfs.flush_all(Duration::from_secs(10)).await.unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    let copies = mem
+        .snapshot()
+        .keys()
+        .filter(|k| k.starts_with("f.conflict-"))
+        .map(|k| text(mem.file(k).unwrap()))
+        .collect();
+    let shown = read_all(vfs.clone()).await;
+    (text(mem.file("/f.txt").unwrap()), copies, shown)
+}
+
+const R: OpenFlags = OpenFlags {
+    read: true,
+    write: false,
+    append: false,
+    truncate: false,
+    exclusive: false,
+};
+
+#[tokio::test]
+async fn auto_merge_joins_changes_to_different_lines() {
+    let (at_name, copies, shown) = merge_run(
+        "one\ntwo\nthree\nfour\nfive\n",
+        "ONE\ntwo\nthree\nfour\nfive\n",
+        "one\ntwo\nthree\nfour\nFIVE\n",
+        true,
+    )
+    .await;
+    assert_eq!(at_name, "ONE\ntwo\nthree\nfour\nFIVE\n");
+    assert!(copies.is_empty(), "{copies:?}");
+    assert_eq!(shown, at_name, "the drive shows the merged text");
+}
+
+#[tokio::test]
+async fn auto_merge_of_overlapping_changes_falls_back_to_the_policy() {
+    let (at_name, copies, _) =
+        merge_run("one\ntwo\n", "one\nTWO here\n", "one\nTWO there\n", true).await;
+    assert_eq!(at_name, "one\nTWO there\n", "keep-both: the remote stays");
+    assert_eq!(copies, ["one\nTWO here\n"]);
+}
+
+#[tokio::test]
+async fn auto_merge_without_the_base_in_the_cache_falls_back_to_the_policy() {
+    let (at_name, copies, _) = merge_run("one\ntwo\n", "ONE\ntwo\n", "one\nTWO\n", false).await;
+    assert_eq!(at_name, "one\nTWO\n");
+    assert_eq!(copies, ["ONE\ntwo\n"]);
+}
+
+#[tokio::test]
+async fn auto_merge_leaves_binary_files_to_the_policy() {
+    let (at_name, copies, _) = merge_run("a\0b\n", "A\0b\n", "a\0B\n", true).await;
+    assert_eq!(at_name, "a\0B\n");
+    assert_eq!(copies, ["A\0b\n"]);
+}

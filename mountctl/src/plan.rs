@@ -88,11 +88,6 @@ impl MountPlan {
                 remote.display()
             );
         }
-        if args.auto_merge {
-            bail!(
-                "--auto-merge is not available yet (the three-way merge of text files is still to be built); mount without it: conflicts then follow --conflict"
-            );
-        }
         let cache_dir = cache_dir_of(args, &remote)?;
         check_cache_dir(&cache_dir, &mountpoint, &remote)?;
         for (what, p) in [("mountpoint", &mountpoint), ("cache directory", &cache_dir)] {

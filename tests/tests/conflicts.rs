@@ -222,6 +222,32 @@ fn local_write_inside_a_directory_removed_remotely_is_kept() {
 }
 
 #[test]
+fn local_write_inside_a_directory_replaced_remotely_by_a_file_keeps_both() {
+    let c = Case::new(
+        |r| {
+            fs::create_dir_all(r.join("d")).unwrap();
+            fs::write(r.join("d/f.txt"), b"base\n").unwrap();
+        },
+        &[],
+    );
+    learn(&c, "d/f.txt");
+    fs::write(c.m("d/f.txt"), b"local edit\n").unwrap();
+    fs::remove_dir_all(c.r("d")).unwrap();
+    fs::write(c.r("d"), b"a file put there\n").unwrap();
+    let s = c.settle();
+    assert_eq!(
+        s.read("d/f.txt"),
+        b"local edit\n",
+        "the directory is made again"
+    );
+    assert_eq!(
+        s.one_copy("", "d"),
+        b"a file put there\n",
+        "the remote file moved aside"
+    );
+}
+
+#[test]
 fn policy_local_wins_and_keeps_the_remote_as_a_copy() {
     let c = Case::new(
         |r| fs::write(r.join("report.txt"), b"base\n").unwrap(),
@@ -250,7 +276,6 @@ fn policy_larger_with_loser_deleted_leaves_no_copy() {
 }
 
 #[test]
-#[ignore = "issue 4: --auto-merge (three-way line merge) is not built yet; mountctl refuses the flag"]
 fn auto_merge_joins_changes_to_different_lines() {
     let base = "one\ntwo\nthree\nfour\nfive\n";
     let c = Case::new(
