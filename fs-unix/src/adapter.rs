@@ -79,6 +79,23 @@ impl Adapter {
     }
 }
 
+/// The extended attribute that tells a file's state (`mountctl state` shows the same). Not
+/// listed by listxattr: `cp -a`, `rsync -X` and `tar --xattrs` would copy it onto other file
+/// systems.
+pub const STATE_XATTR: &str = "user.syncoxide.state";
+
+/// Answers a getxattr: the size when asked for it (`size` 0), else the value if it fits.
+fn xattr_value(reply: ReplyXattr, value: &[u8], size: u32) {
+    let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+    if size == 0 {
+        reply.size(len);
+    } else if size < len {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
+
 /// Every fuser reply can carry an error.
 trait ErrorReply {
     fn fail(self, e: Errno);
@@ -784,11 +801,17 @@ impl Filesystem for Adapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        // No extended attributes yet. ENOSYS, not ENODATA: the kernel then stops asking (it
-        // asks for security.capability before every write: one request per write saved) and
-        // answers EOPNOTSUPP itself, as a filesystem without xattrs does.
+        // One attribute, computed from the core's state without waiting: answered inline (the
+        // kernel asks for security.capability before every write). No other is stored.
         let _span = debug_span!("fuse", op = "getxattr", ino = ino.0, ?name, size).entered();
-        reply.error(Errno::ENOSYS);
+        if name.as_encoded_bytes() != STATE_XATTR.as_bytes() {
+            reply.error(Errno::ENODATA);
+            return;
+        }
+        match self.vfs.file_state(NodeId(ino.0)) {
+            Ok(state) => xattr_value(reply, state.name().as_bytes(), size),
+            Err(e) => fail(reply, &e),
+        }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {

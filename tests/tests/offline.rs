@@ -94,6 +94,11 @@ fn offline_reads_writes_and_a_remount_then_everything_reaches_the_remote() {
             .any(|l| l.contains("never-read.bin") && l.contains("online-only")),
         "a file never read is online-only:\n{st}"
     );
+    // The same through the extended attribute, as a file manager would ask.
+    assert_eq!(state_xattr(&m.join("docs/deep/b.bin")), "pinned");
+    assert_eq!(state_xattr(&m.join("never-read.bin")), "online-only");
+    assert_eq!(state_xattr(&m.join("read-me.bin")), "cached");
+    assert_eq!(state_xattr(&m.join("docs")), "directory");
     assert_eq!(
         names(&m),
         ["docs", "media", "never-read.bin", "read-me.bin"]
@@ -189,4 +194,29 @@ fn offline_reads_writes_and_a_remount_then_everything_reaches_the_remote() {
 
 fn libc_eio() -> i32 {
     5
+}
+
+/// `getxattr(path, "user.syncoxide.state")` (no crate in std for it).
+#[allow(unsafe_code)]
+fn state_xattr(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = c"user.syncoxide.state";
+    let mut buf = [0u8; 64];
+    // SAFETY: both strings are NUL-terminated and `buf` is valid for its length.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert!(
+        n >= 0,
+        "getxattr {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    String::from_utf8(buf[..n as usize].to_vec()).unwrap()
 }
