@@ -136,19 +136,23 @@ fn walk(
     let mut cur = 0; // next base line not yet emitted
     let (mut i, mut j) = (0, 0);
     loop {
+        let (i0, j0) = (i, j);
+        // The group starts with the first remaining hunk of either side (ours on a tie).
         let first = match (ours_hunks.get(i), theirs_hunks.get(j)) {
             (None, None) => break,
-            (Some(o), None) => *o,
-            (None, Some(t)) => *t,
-            (Some(o), Some(t)) => {
-                if (o.base_start, o.base_end) <= (t.base_start, t.base_end) {
-                    *o
-                } else {
-                    *t
-                }
+            (Some(o), Some(t)) if (o.base_start, o.base_end) > (t.base_start, t.base_end) => {
+                j += 1;
+                *t
+            }
+            (Some(o), _) => {
+                i += 1;
+                *o
+            }
+            (None, Some(t)) => {
+                j += 1;
+                *t
             }
         };
-        let (i0, j0) = (i, j);
         let lo = first.base_start;
         let mut hi = first.base_end;
         // Take in every hunk that overlaps or touches [lo, hi]. Hunks of one side never touch
