@@ -545,6 +545,9 @@ impl Namespace {
         }
         let changed = n.remote.as_ref().map(|r| &r.version) != Some(&e.version);
         if changed && n.kind == FileKind::File {
+            if let Some(old) = &n.remote {
+                out.replaced.push((id, old.clone()));
+            }
             n.content = Content::remote(e.version.clone(), e.size);
             n.cached_version = None;
             n.remote_gen += 1;
@@ -599,4 +602,6 @@ pub struct MergeOutcome {
     /// are conditional on it, and replay must know it).
     pub learned: Vec<(NodeId, Version, u64)>,
     pub vanished: Vec<(NodeId, String, NodeId)>,
+    /// Files whose content became another remote version: `(node, the version before)`.
+    pub replaced: Vec<(NodeId, RemoteState)>,
 }

@@ -185,6 +185,7 @@ impl Vfs {
 
     /// Tells the kernel what a merge changed (called without the namespace lock).
     pub(crate) fn invalidate_merged(&self, outcome: crate::namespace::MergeOutcome) {
+        self.follow_pins(&outcome.replaced);
         for id in outcome.changed {
             self.invalidate_inode(id);
         }

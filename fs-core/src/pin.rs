@@ -8,6 +8,7 @@
 
 use crate::content::{local_key, remote_key, ChunkSrc};
 use crate::error::{FsError, FsResult};
+use crate::namespace::RemoteState;
 use crate::types::{FileKind, NodeId};
 use crate::vfs::{lock, Vfs};
 
@@ -165,6 +166,37 @@ impl Vfs {
             report.bytes += size;
         }
         Ok(report)
+    }
+
+    /// A pinned file that changed remotely stays available offline: the old version's chunks
+    /// are unpinned (evictable now) and the new version is fetched and pinned in the
+    /// background. A new version that does not fit is left online-only, with a warning.
+    pub(crate) fn follow_pins(&self, replaced: &[(NodeId, RemoteState)]) {
+        let cs = self.inner.cfg.chunk_size;
+        for (node, old) in replaced {
+            let Some(oid) = lock(&self.inner.ns).get(*node).map(|n| n.object_id()) else {
+                continue;
+            };
+            let pinned = (0..old.size.div_ceil(cs)).any(|i| {
+                self.inner
+                    .cache
+                    .state(&remote_key(&oid, &old.version, i))
+                    .is_some_and(|s| s.is_user_pinned())
+            });
+            if !pinned {
+                continue;
+            }
+            for i in 0..old.size.div_ceil(cs) {
+                let _ = self.inner.cache.unpin(&remote_key(&oid, &old.version, i));
+            }
+            let (vfs, node) = (self.clone(), *node);
+            drop(self.spawn_background(async move {
+                match vfs.pin(node, true).await {
+                    Ok(_) => tracing::info!(node = node.0, "a pinned file changed remotely: its new version is pinned"),
+                    Err(e) => tracing::warn!(node = node.0, error = %e, "a pinned file changed remotely and its new version could not be pinned; it is online-only until pinned again"),
+                }
+            }));
+        }
     }
 
     /// `node`'s chunks that hold data.

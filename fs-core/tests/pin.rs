@@ -82,3 +82,51 @@ async fn a_pin_that_cannot_fit_is_refused_before_fetching() {
     assert_eq!(mem.counters().read, 0, "nothing fetched for a refused pin");
     assert_eq!(v.file_state(f).unwrap(), FileState::OnlineOnly);
 }
+
+#[tokio::test]
+async fn a_pinned_file_changed_remotely_stays_pinned_with_its_new_version() {
+    let d = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryProvider::new());
+    mem.put_file("/kept.bin", &[1u8; 100 << 10]);
+    let v = vfs(d.path(), 64 << 20, mem.clone());
+    let f = v.resolve("kept.bin").await.unwrap();
+    v.pin(f, true).await.unwrap();
+    let pinned_before = v.status().pinned_bytes;
+    assert!(pinned_before >= 100 << 10);
+
+    mem.put_file("/kept.bin", &[2u8; 150 << 10]);
+    v.poll_once().await;
+    // The new version is fetched and pinned behind the poll.
+    let mut state = v.file_state(f).unwrap();
+    for _ in 0..200 {
+        if state == FileState::Pinned {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        state = v.file_state(f).unwrap();
+    }
+    assert_eq!(state, FileState::Pinned);
+    let pinned = v.status().pinned_bytes;
+    assert!(
+        (150 << 10..(150 << 10) + (100 << 10)).contains(&pinned),
+        "the new version is pinned, the old one no longer: {pinned}"
+    );
+    mem.set_unreachable(true);
+    let o = v
+        .open(
+            f,
+            fs_core::OpenFlags {
+                read: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let got = v.read(o.fh, 0, 1 << 20).await.unwrap();
+    assert_eq!(
+        got.as_ref(),
+        &[2u8; 150 << 10][..],
+        "offline, the new version"
+    );
+    v.release(o.fh).await.unwrap();
+}
