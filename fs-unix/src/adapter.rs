@@ -1,8 +1,8 @@
 //! `fuser::Filesystem` over [`fs_core::Vfs`]. Each callback opens a `fuse` span, converts the
 //! kernel's arguments to the core's types, spawns a task on the tokio runtime that awaits the
 //! core and replies, and returns at once: a FUSE thread never waits for the network or the disk.
-//! Callbacks whose answer does not depend on the core (`forget`, `access`, xattrs, `opendir`)
-//! answer inline.
+//! Callbacks whose answer does not depend on the core (`forget`, `access`, `opendir`) answer
+//! inline, and so does `getxattr` (the file state is read from memory without waiting).
 //!
 //! Directory handles keep the listing taken by the first `readdir` (offset 0) until
 //! `releasedir`, so offsets (1-based indexes) stay valid while a program deletes what it reads

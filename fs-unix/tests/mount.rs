@@ -469,18 +469,29 @@ fn unlinked_open_file_stays_readable() {
     assert!(tree.is_empty(), "{tree:?}");
 }
 
-/// No extended attributes yet: reading one fails with EOPNOTSUPP (the kernel's own answer
-/// once the drive said ENOSYS, so writes stop costing a getxattr request), listing shows none,
-/// setting one is refused; the file itself is untouched.
+/// One extended attribute, read-only: `user.syncoxide.state` tells the file's state. Others
+/// are absent (ENODATA), listing shows none (the state is not listed, so `cp -a` does not copy
+/// it away), setting one is refused; the file itself is untouched.
 #[test]
-fn extended_attributes_are_not_supported() {
+fn the_state_is_the_only_extended_attribute() {
     let (d, mem) = Drive::memory();
     fs::write(d.p("f"), b"data").unwrap();
     let f = d.p("f");
     for _ in 0..2 {
         let e = rustix::fs::getxattr(&f, "user.test", &mut [0u8; 64][..]).unwrap_err();
-        assert_eq!(e, rustix::io::Errno::OPNOTSUPP);
+        assert_eq!(e, rustix::io::Errno::NODATA);
     }
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::getxattr(&f, "user.syncoxide.state", &mut buf[..]).unwrap();
+    let state = std::str::from_utf8(&buf[..n]).unwrap();
+    assert!(
+        ["dirty", "uploading", "cached"].contains(&state),
+        "a file just written: {state}"
+    );
+    let e = rustix::fs::getxattr(&f, "user.syncoxide.state", &mut [0u8; 2][..]).unwrap_err();
+    assert_eq!(e, rustix::io::Errno::RANGE, "a buffer too small");
+    let n = rustix::fs::getxattr(d.p(""), "user.syncoxide.state", &mut buf[..]).unwrap();
+    assert_eq!(&buf[..n], b"directory");
     assert_eq!(rustix::fs::listxattr_query(&f), Ok(0));
     assert!(rustix::fs::setxattr(&f, "user.test", b"1", rustix::fs::XattrFlags::empty()).is_err());
     fs::write(d.p("f"), b"written after").unwrap();
