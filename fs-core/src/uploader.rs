@@ -779,6 +779,40 @@ impl Vfs {
     }
 
     async fn apply_record(&self, lsn: Lsn, rec: &Record) -> Result<Outcome, ProviderError> {
+        let r = self.apply_record_once(lsn, rec).await;
+        // A directory, symlink or rename target whose parent the provider lost (removed, or
+        // replaced by a file) while the change waited here: the parents are made again (a file
+        // in the way is moved aside) and the change applied once more. Uploads do that
+        // themselves (see `upload`).
+        let made = match (&r, rec) {
+            (
+                Err(ProviderError::NotFound(_) | ProviderError::NotADirectory(_)),
+                Record::Mkdir { path, .. } | Record::Symlink { path, .. },
+            ) => Some(path),
+            (Err(ProviderError::NotADirectory(_)), Record::Rename { to, .. }) => Some(to),
+            _ => None,
+        };
+        match made {
+            Some(path) if self.parent_lost(path).await? && self.make_parents(path).await? => {
+                self.apply_record_once(lsn, rec).await
+            }
+            _ => r,
+        }
+    }
+
+    /// Whether the parent of `path` is missing on the provider or is not a directory there.
+    async fn parent_lost(&self, path: &RemotePath) -> Result<bool, ProviderError> {
+        let Some(parent) = path.parent().filter(|p| !p.is_root()) else {
+            return Ok(false);
+        };
+        match self.inner.provider.stat(&parent).await {
+            Ok(e) => Ok(e.kind != crate::provider::EntryKind::Dir),
+            Err(ProviderError::NotFound(_) | ProviderError::NotADirectory(_)) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn apply_record_once(&self, lsn: Lsn, rec: &Record) -> Result<Outcome, ProviderError> {
         let p = &self.inner.provider;
         match rec {
             Record::Mkdir { path, perm, .. } => match p.mkdir(path).await {
@@ -841,7 +875,14 @@ impl Vfs {
                     p.delete(path, pre).await
                 };
                 match r {
+                    // Not there, or its parent is a file now: nothing of ours to remove.
                     Ok(()) | Err(ProviderError::NotFound(_)) => Ok(Outcome::Skipped),
+                    // Replaced on the provider by a file (or a file took its parent's place):
+                    // the remote data is kept.
+                    Err(ProviderError::NotADirectory(_)) => {
+                        tracing::info!(%path, "not removing: replaced on the provider by a file meanwhile");
+                        Ok(Outcome::Skipped)
+                    }
                     // Changed remotely since we last saw it: the remote data is kept.
                     Err(ProviderError::PreconditionFailed { .. }) => {
                         tracing::info!(%path, "not deleting: changed on the provider meanwhile");
@@ -878,7 +919,16 @@ impl Vfs {
                         (_, Err(e)) => return Err(e),
                     }
                 }
-                match p.rename(from, to, true).await {
+                let r = p.rename(from, to, true).await;
+                if matches!(
+                    r,
+                    Err(ProviderError::NotFound(_) | ProviderError::NotADirectory(_))
+                ) && self.parent_lost(to).await?
+                {
+                    // Not a missing source: the target's directory is gone (see `apply_record`).
+                    return Err(ProviderError::NotADirectory(to.clone()));
+                }
+                match r {
                     Ok(e) => Ok(Outcome::Applied(Some(e))),
                     Err(ProviderError::NotFound(_)) if lock(&self.inner.queue).maybe_done(lsn) => {
                         self.renamed_already(lsn, to, *node).await
@@ -1247,14 +1297,7 @@ impl Vfs {
         .await?;
         let mut ours = Vec::with_capacity(content.size as usize);
         for i in 0..content.size.div_ceil(cs) {
-            let b = self
-                .chunk_for_upload(path, oid, content, i)
-                .await
-                .map_err(|e| ProviderError::Other {
-                    message: e.to_string(),
-                    retryable: true,
-                })?;
-            ours.extend_from_slice(&b);
+            ours.extend_from_slice(&self.upload_chunk(path, oid, content, i).await?);
         }
         let merged = match crate::merge::merge3(&base_bytes, &ours, &theirs) {
             Ok(m) => m,
@@ -1431,13 +1474,7 @@ impl Vfs {
                 self.inner.provider.read(path, version, i * cs, len).await?,
             )
             .await?;
-            let ours = self
-                .chunk_for_upload(path, oid, content, i)
-                .await
-                .map_err(|e| ProviderError::Other {
-                    message: e.to_string(),
-                    retryable: true,
-                })?;
+            let ours = self.upload_chunk(path, oid, content, i).await?;
             if theirs[..] != ours[..] {
                 return Ok(false);
             }
@@ -1453,15 +1490,25 @@ impl Vfs {
         Box::pin(futures::stream::iter(0..chunks).then(move |i| {
             let (vfs, path, oid, content) =
                 (vfs.clone(), path.clone(), oid.clone(), content.clone());
-            async move {
-                vfs.chunk_for_upload(&path, &oid, &content, i)
-                    .await
-                    .map_err(|e| ProviderError::Other {
-                        message: e.to_string(),
-                        retryable: true,
-                    })
-            }
+            async move { vfs.upload_chunk(&path, &oid, &content, i).await }
         }))
+    }
+
+    /// [`Vfs::chunk_for_upload`] as the provider side sees it: a local failure (the cache)
+    /// is a retryable error of the transfer.
+    async fn upload_chunk(
+        &self,
+        path: &RemotePath,
+        oid: &cache::ObjectId,
+        content: &Content,
+        i: u64,
+    ) -> Result<Bytes, ProviderError> {
+        self.chunk_for_upload(path, oid, content, i)
+            .await
+            .map_err(|e| ProviderError::Other {
+                message: e.to_string(),
+                retryable: true,
+            })
     }
 
     /// Chunk `i` of `content`, exactly as long as it is in the file.

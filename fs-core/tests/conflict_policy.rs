@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use cache::{CacheConfig, CacheLimit, ChunkCache, KdfParams, Passphrase};
 use fs_core::provider::memory::MemoryProvider;
-use fs_core::{ConflictLoser, ConflictPolicy, ConflictWinner, NodeId, OpenFlags, Vfs, VfsConfig};
+use fs_core::{
+    ConflictLoser, ConflictPolicy, ConflictWinner, NodeId, OpenFlags, RenameFlags, Vfs, VfsConfig,
+};
 
 const W: OpenFlags = OpenFlags {
     read: true,
@@ -288,4 +290,110 @@ async fn auto_merge_leaves_binary_files_to_the_policy() {
     let (at_name, copies, _) = merge_run("a\0b\n", "A\0b\n", "a\0B\n", true).await;
     assert_eq!(at_name, "a\0B\n");
     assert_eq!(copies, ["A\0b\n"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Namespace changes queued while the remote replaced or removed their directory: the drive
+// cannot reach the provider while the change is made and the provider changes behind its back,
+// then it can again and `flush_all` applies the queue.
+
+async fn held_drive(mem: &Arc<MemoryProvider>, d: &std::path::Path) -> Vfs {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+    }
+    let cache = Arc::new(
+        ChunkCache::open(
+            CacheConfig::new(d, CacheLimit::bytes(64 << 20)),
+            &Passphrase::new("pw", KdfParams::FAST_INSECURE),
+        )
+        .unwrap(),
+    );
+    let cfg = VfsConfig {
+        write_back_delay: Duration::from_secs(3600),
+        chunk_size: 64 << 10,
+        provider_timeout: Duration::from_secs(5),
+        poll_interval: Duration::ZERO,
+        ..VfsConfig::default()
+    };
+    let vfs = Vfs::new(cfg, cache, mem.clone()).unwrap();
+    vfs.spawn_uploader();
+    vfs
+}
+
+fn names(mem: &MemoryProvider) -> Vec<String> {
+    mem.snapshot().keys().cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_mkdir_whose_parent_became_a_file_keeps_both() {
+    let d = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryProvider::new());
+    mem.mkdir_all("a");
+    let vfs = held_drive(&mem, d.path()).await;
+    let a = vfs.lookup(NodeId::ROOT, "a").await.unwrap().ino;
+    let _ = vfs.lookup(a, "c").await;
+    mem.set_unreachable(true);
+    vfs.mkdir(a, "c", 0o755).await.unwrap();
+    mem.put_file("a", b"theirs");
+    mem.set_unreachable(false);
+    vfs.flush_all(Duration::from_secs(10)).await.unwrap();
+    let snap = mem.snapshot();
+    assert!(
+        matches!(
+            snap.get("a/c"),
+            Some(fs_core::provider::memory::SnapshotEntry::Dir)
+        ),
+        "{:?}",
+        names(&mem)
+    );
+    let aside: Vec<_> = snap
+        .keys()
+        .filter(|k| k.starts_with("a.conflict-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{:?}", names(&mem));
+    assert_eq!(mem.file(aside[0]).unwrap(), b"theirs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_rename_into_a_directory_removed_remotely_makes_it_again() {
+    let d = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryProvider::new());
+    mem.mkdir_all("a");
+    mem.put_file("f", b"ours");
+    let vfs = held_drive(&mem, d.path()).await;
+    let a = vfs.lookup(NodeId::ROOT, "a").await.unwrap().ino;
+    vfs.lookup(NodeId::ROOT, "f").await.unwrap();
+    let _ = vfs.lookup(a, "f").await;
+    mem.set_unreachable(true);
+    vfs.rename(NodeId::ROOT, "f", a, "f", RenameFlags::default())
+        .await
+        .unwrap();
+    mem.remove_returning("a");
+    mem.set_unreachable(false);
+    vfs.flush_all(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        mem.file("a/f").as_deref(),
+        Some(&b"ours"[..]),
+        "{:?}",
+        names(&mem)
+    );
+    assert!(mem.file("f").is_none(), "{:?}", names(&mem));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_rmdir_of_a_directory_the_remote_replaced_by_a_file_keeps_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryProvider::new());
+    mem.mkdir_all("a");
+    let vfs = held_drive(&mem, d.path()).await;
+    let a = vfs.lookup(NodeId::ROOT, "a").await.unwrap().ino;
+    let _ = vfs.lookup(a, "x").await;
+    mem.set_unreachable(true);
+    vfs.rmdir(NodeId::ROOT, "a").await.unwrap();
+    mem.put_file("a", b"theirs");
+    mem.set_unreachable(false);
+    vfs.flush_all(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(mem.file("a").as_deref(), Some(&b"theirs"[..]));
 }

@@ -34,18 +34,6 @@ use common::*;
 // ---------------------------------------------------------------------------------------------
 // Steps
 
-/// A change made on the provider behind the drive's back (after a flush, so nothing is queued).
-/// Skipped when it does not fit the current tree.
-#[derive(Clone, Debug)]
-enum Change {
-    /// Creates or replaces the file (the parent must be a directory; not over a dir/symlink).
-    Put { path: &'static str, data: Data },
-    /// Removes whatever is there, with everything below it.
-    Remove { path: &'static str },
-    /// Creates a directory (the parent must be a directory, the name free).
-    Mkdir { path: &'static str },
-}
-
 #[derive(Clone, Debug)]
 enum Step {
     /// create (or open existing with O_TRUNC) + `pieces` writes (last first if `backwards`) +

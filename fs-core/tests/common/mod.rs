@@ -15,6 +15,19 @@ use fs_core::{FileKind, FsError, NodeId, OpenFlags, Vfs, VfsConfig};
 
 pub type Tree = BTreeMap<String, ModelEntry>;
 
+/// A change made on the provider behind the drive's back: in `model.rs` after a flush (so
+/// nothing is queued) and skipped when it does not fit the current tree; in
+/// `conflict_model.rs` at once, whatever is queued.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// Creates or replaces the file (the parent must be a directory; not over a dir/symlink).
+    Put { path: &'static str, data: Data },
+    /// Removes whatever is there, with everything below it.
+    Remove { path: &'static str },
+    /// Creates a directory (the parent must be a directory, the name free).
+    Mkdir { path: &'static str },
+}
+
 /// Deterministic file contents: `len` bytes of a pattern chosen by `seed` (no period of a chunk
 /// size, so misplaced chunks are seen).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,4 +283,16 @@ pub fn start_drive(
     });
     let vfs = vfs.map_err(|e| format!("Vfs::new after a restart: {e:?}"))?;
     Ok((rt, vfs))
+}
+
+/// Logs of the drive on stderr when `RUST_LOG` is set (e.g. `RUST_LOG=fs_core=debug`), for
+/// reading what a failing case did. Once per test binary.
+#[allow(dead_code)]
+pub fn trace_if_asked() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
 }
