@@ -20,6 +20,17 @@ const W: OpenFlags = OpenFlags {
     exclusive: false,
 };
 
+/// A 64 MiB cache in `dir` with the fast test key parameters.
+fn test_cache(dir: &std::path::Path) -> Arc<ChunkCache> {
+    Arc::new(
+        ChunkCache::open(
+            CacheConfig::new(dir, CacheLimit::bytes(64 << 20)),
+            &Passphrase::new("pw", KdfParams::FAST_INSECURE),
+        )
+        .unwrap(),
+    )
+}
+
 struct Outcome {
     at_name: Vec<u8>,
     copies: Vec<Vec<u8>>,
@@ -36,13 +47,7 @@ async fn run(
     remote_first: bool,
 ) -> Outcome {
     let d = tempfile::tempdir().unwrap();
-    let cache = Arc::new(
-        ChunkCache::open(
-            CacheConfig::new(d.path(), CacheLimit::bytes(64 << 20)),
-            &Passphrase::new("pw", KdfParams::FAST_INSECURE),
-        )
-        .unwrap(),
-    );
+    let cache = test_cache(d.path());
     let mem = Arc::new(MemoryProvider::new());
     mem.put_file("/f.txt", b"base");
     let cfg = VfsConfig {
@@ -202,13 +207,7 @@ async fn merge_run(
     read_base: bool,
 ) -> (String, Vec<String>, String) {
     let d = tempfile::tempdir().unwrap();
-    let cache = Arc::new(
-        ChunkCache::open(
-            CacheConfig::new(d.path(), CacheLimit::bytes(64 << 20)),
-            &Passphrase::new("pw", KdfParams::FAST_INSECURE),
-        )
-        .unwrap(),
-    );
+    let cache = test_cache(d.path());
     let mem = Arc::new(MemoryProvider::new());
     mem.put_file("/f.txt", base.as_bytes());
     let cfg = VfsConfig {
@@ -298,18 +297,7 @@ async fn auto_merge_leaves_binary_files_to_the_policy() {
 // then it can again and `flush_all` applies the queue.
 
 async fn held_drive(mem: &Arc<MemoryProvider>, d: &std::path::Path) -> Vfs {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .try_init();
-    }
-    let cache = Arc::new(
-        ChunkCache::open(
-            CacheConfig::new(d, CacheLimit::bytes(64 << 20)),
-            &Passphrase::new("pw", KdfParams::FAST_INSECURE),
-        )
-        .unwrap(),
-    );
+    let cache = test_cache(d);
     let cfg = VfsConfig {
         write_back_delay: Duration::from_secs(3600),
         chunk_size: 64 << 10,
