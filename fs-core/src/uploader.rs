@@ -871,7 +871,17 @@ impl Vfs {
                 let r = if *dir {
                     p.rmdir(path).await
                 } else {
-                    let pre = known.map_or(Precondition::None, Precondition::IfMatch);
+                    // Never uploaded in this run (made and removed here while queued):
+                    // whatever the provider has at the name was put there by someone else. A
+                    // record found in the log at start may follow an upload whose marker was
+                    // lost, so it removes what is there (a window, see docs/CONFLICTS.md).
+                    let pre = match known {
+                        Some(v) => Precondition::IfMatch(v),
+                        None if !lock(&self.inner.queue).recovered(lsn) => {
+                            return Ok(Outcome::Skipped)
+                        }
+                        None => Precondition::None,
+                    };
                     p.delete(path, pre).await
                 };
                 match r {

@@ -962,3 +962,25 @@ fn regression_removing_a_directory_the_remote_replaced_by_a_file_under_faults() 
     )
     .unwrap();
 }
+
+#[test]
+fn regression_unlink_of_a_file_never_uploaded_leaves_the_remote_file_at_its_name() {
+    // Found with PROPTEST_RNG_SEED=16: the queued delete of a file made and removed here, never
+    // uploaded, ran unconditionally and removed the file another machine had put at the name.
+    let setup = Setup {
+        policy: ConflictPolicy::KeepBoth,
+        seed: 0,
+        slow: Duration::ZERO,
+        cut_after: 1000,
+    };
+    run(
+        &setup,
+        &[
+            Mkdir("b"),
+            write("b/f", 1, 0),
+            Unlink("b/f"),
+            put("b/f", 2, 0),
+        ],
+    )
+    .unwrap();
+}
