@@ -832,7 +832,25 @@ impl Vfs {
                     Ok(e) if e.kind == crate::provider::EntryKind::Dir => {
                         Ok(Outcome::Applied(Some(e)))
                     }
-                    Ok(_) => Err(ProviderError::AlreadyExists(path.clone())),
+                    // A file the remote put at the name of a directory made here (which may
+                    // have local changes in it queued): both are kept, the remote file beside
+                    // it under a conflict name, as for a write inside a directory the remote
+                    // replaced by a file (`make_parents`).
+                    Ok(_) => {
+                        let aside = self.move_aside(path).await?;
+                        tracing::warn!(dir = %path, moved = %aside, "a remote file took the name of a directory made here: moved aside");
+                        self.record_conflict(path, Some(&aside), ConflictWinner::Local);
+                        let e = match p.mkdir(path).await {
+                            Ok(e) => e,
+                            Err(ProviderError::AlreadyExists(_)) => p.stat(path).await?,
+                            Err(e) => return Err(e),
+                        };
+                        if e.kind != crate::provider::EntryKind::Dir {
+                            return Err(ProviderError::AlreadyExists(path.clone()));
+                        }
+                        // Shown as a conflict: the parent is listed again, with the copy.
+                        Ok(Outcome::Conflict(e))
+                    }
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),
@@ -905,7 +923,12 @@ impl Vfs {
                     Err(e) => Err(e),
                 }
             }
-            Record::Rename { from, to, node, .. } => {
+            Record::Rename {
+                from,
+                to,
+                node,
+                replaced,
+            } => {
                 // Tried even when the node is not known on the provider (a file renamed while
                 // its upload ran): nothing at `from` is simply nothing to move.
                 let known = self.remote_version(*node);
@@ -929,7 +952,19 @@ impl Vfs {
                         (_, Err(e)) => return Err(e),
                     }
                 }
-                let r = p.rename(from, to, true).await;
+                // The remote edited the file since the drive last saw it: the rename moves that
+                // edit along (CONFLICTS.md), and the node must show it, not its older content.
+                let edited = match (&known, dir || recovered) {
+                    (Some(v), false) => match p.stat(from).await {
+                        Ok(e) => e.version != *v,
+                        Err(ProviderError::NotFound(_) | ProviderError::NotADirectory(_)) => false,
+                        Err(e) => return Err(e),
+                    },
+                    _ => false,
+                };
+                let mut aside =
+                    !dir && self.clear_rename_target(from, to, *node, *replaced).await?;
+                let mut r = p.rename(from, to, true).await;
                 if matches!(
                     r,
                     Err(ProviderError::NotFound(_) | ProviderError::NotADirectory(_))
@@ -938,8 +973,20 @@ impl Vfs {
                     // Not a missing source: the target's directory is gone (see `apply_record`).
                     return Err(ProviderError::NotADirectory(to.clone()));
                 }
+                if r.is_err() && self.clear_refused_target(lsn, to, dir, &r).await? {
+                    aside = true;
+                    r = p.rename(from, to, true).await;
+                }
                 match r {
-                    Ok(e) => Ok(Outcome::Applied(Some(e))),
+                    // Shown as a conflict's outcome: the remote version stays (here, at the new
+                    // name); queued local changes made on the older one conflict in turn.
+                    Ok(e) if edited => Ok(Outcome::Conflict(e)),
+                    Ok(e) => {
+                        if aside {
+                            self.relist_parent(to);
+                        }
+                        Ok(Outcome::Applied(Some(e)))
+                    }
                     Err(ProviderError::NotFound(_)) if lock(&self.inner.queue).maybe_done(lsn) => {
                         self.renamed_already(lsn, to, *node).await
                     }
@@ -1100,7 +1147,13 @@ impl Vfs {
                 self.count_upload(content.size);
                 Ok(Outcome::Applied(Some(e)))
             }
-            Err(ProviderError::PreconditionFailed { .. } | ProviderError::AlreadyExists(_)) => {
+            // A directory the remote made where this file was is a remote change like any other
+            // (a provider may answer it so rather than as a failed precondition).
+            Err(
+                ProviderError::PreconditionFailed { .. }
+                | ProviderError::AlreadyExists(_)
+                | ProviderError::IsADirectory(_),
+            ) => {
                 self.resolve_conflict(path, &oid, content, attrs, known, moot)
                     .await
             }
@@ -1154,6 +1207,106 @@ impl Vfs {
             }
         }
         Ok(!missing.is_empty())
+    }
+
+    /// The directory of `path` is listed again on its next lookup (a conflict copy appeared).
+    fn relist_parent(&self, path: &RemotePath) {
+        let mut ns = lock(&self.inner.ns);
+        if let Some(d) = path.parent().and_then(|p| ns.resolve(&p)) {
+            if let Some(n) = ns.get_mut(d) {
+                n.listed_at = None;
+            }
+        }
+    }
+
+    /// A rename the provider refused because of what is at `to`, which the drive did not know
+    /// of (the provider keeps no such thing there from the drive): a file where a directory is
+    /// renamed, a directory where a file is renamed, a directory with entries where an empty
+    /// one was replaced here. It moves aside to a conflict name, like any remote version a
+    /// local change meets; returns whether it did (then the rename is tried again).
+    async fn clear_refused_target(
+        &self,
+        lsn: Lsn,
+        to: &RemotePath,
+        dir: bool,
+        r: &Result<RemoteEntry, ProviderError>,
+    ) -> Result<bool, ProviderError> {
+        use crate::provider::EntryKind;
+        let refusal = match r {
+            Err(ProviderError::NotADirectory(_)) => Some(false),
+            Err(ProviderError::IsADirectory(_)) => Some(false),
+            Err(ProviderError::NotEmpty(_)) => Some(true),
+            _ => None,
+        };
+        let Some(not_empty) = refusal else {
+            return Ok(false);
+        };
+        let cur = match self.inner.provider.stat(to).await {
+            Ok(e) => e,
+            Err(ProviderError::NotFound(_) | ProviderError::NotADirectory(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let clash = match (dir, cur.kind) {
+            (true, EntryKind::File | EntryKind::Symlink) => true,
+            (false, EntryKind::Dir) => true,
+            // A directory with entries at the target may be this very one, moved there by an
+            // earlier try whose answer was lost: only a first try sets it aside.
+            (true, EntryKind::Dir) => not_empty && !lock(&self.inner.queue).maybe_done(lsn),
+            _ => false,
+        };
+        if !clash {
+            return Ok(false);
+        }
+        let aside = self.move_aside(to).await?;
+        tracing::warn!(%to, conflict = %aside, "a rename met what the provider put at its target meanwhile: that was kept as a copy");
+        self.record_conflict(to, Some(&aside), ConflictWinner::Local);
+        Ok(true)
+    }
+
+    /// Before a file or symlink is renamed over `to` (the provider's rename replaces): what is
+    /// there must be what the local rename replaced (`replaced`, at the version the drive last
+    /// had of it) or nothing. Anything else another machine put there meanwhile, unseen here:
+    /// it moves aside to a conflict name first, so that the rename loses no version. (The
+    /// window between this look and the rename is the provider's; see CONFLICTS.md.)
+    async fn clear_rename_target(
+        &self,
+        from: &RemotePath,
+        to: &RemotePath,
+        node: NodeId,
+        replaced: Option<NodeId>,
+    ) -> Result<bool, ProviderError> {
+        let p = &self.inner.provider;
+        let cur = match p.stat(to).await {
+            Ok(e) => e,
+            Err(ProviderError::NotFound(_) | ProviderError::NotADirectory(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if cur.kind == crate::provider::EntryKind::Dir {
+            // The rename itself refuses: see `clear_refused_target`.
+            return Ok(false);
+        }
+        let (expected, own) = {
+            let ns = lock(&self.inner.ns);
+            let expected = replaced
+                .and_then(|t| ns.replaced.get(&t))
+                .and_then(|r| r.remote.as_ref().map(|s| s.version.clone()));
+            let own = ns
+                .get(node)
+                .and_then(|n| n.remote.as_ref().map(|s| s.version.clone()));
+            (expected, own)
+        };
+        if expected.as_ref() == Some(&cur.version) || own.as_ref() == Some(&cur.version) {
+            return Ok(false);
+        }
+        // Nothing left to move (an earlier try did it): what is at `to` may be this very file,
+        // which the rename's own handling recognises; nothing to set aside.
+        if matches!(p.stat(from).await, Err(ProviderError::NotFound(_))) {
+            return Ok(false);
+        }
+        let aside = self.move_aside(to).await?;
+        tracing::warn!(%to, conflict = %aside, "renamed over a file the provider changed meanwhile: the remote one was kept as a copy");
+        self.record_conflict(to, Some(&aside), ConflictWinner::Local);
+        Ok(true)
     }
 
     /// Renames what the provider has at `path` to a free conflict name beside it.

@@ -997,7 +997,11 @@ pub(crate) fn replay_applied(
             version: v.clone(),
             size: *size,
         };
-        ns.reported(id, &state);
+        // A conflict's remote version was never seen here: a rename queued over this node
+        // (which replaced what the user saw) must not take it for what it may replace.
+        if !(conflict && ns.replaced.contains_key(&id)) {
+            ns.reported(id, &state);
+        }
     }
     if let Record::Rename {
         replaced: Some(r), ..

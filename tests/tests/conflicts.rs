@@ -299,12 +299,66 @@ fn local_rename_vs_remote_modify_moves_the_remote_edit_along() {
     learn(&c, "a.txt");
     fs::write(c.r("a.txt"), b"remote edit\n").unwrap();
     fs::rename(c.m("a.txt"), c.m("b.txt")).unwrap();
+    c.drive.flush();
+    assert_eq!(
+        fs::read(c.m("b.txt")).unwrap(),
+        b"remote edit\n",
+        "the mount shows the edit the rename moved, not its older copy"
+    );
     let s = c.settle();
     assert_eq!(s.names(""), ["b.txt"], "the rename is applied");
     assert_eq!(
         s.read("b.txt"),
         b"remote edit\n",
         "the remote edit moved along"
+    );
+}
+
+#[test]
+fn local_rename_vs_remote_create_at_the_target_keeps_both() {
+    let c = Case::new(|r| fs::write(r.join("a.txt"), b"base\n").unwrap(), &[]);
+    learn(&c, "a.txt");
+    // An edit first: the rename queues behind its upload, so the remote acts before it.
+    fs::write(c.m("a.txt"), b"mine\n").unwrap();
+    fs::rename(c.m("a.txt"), c.m("b.txt")).unwrap();
+    fs::write(c.r("b.txt"), b"theirs\n").unwrap();
+    let s = c.settle();
+    assert_eq!(
+        s.read("b.txt"),
+        b"mine\n",
+        "the renamed file is at the target"
+    );
+    assert_eq!(
+        s.one_copy("", "b.txt"),
+        b"theirs\n",
+        "what the remote made at the target is kept as a copy"
+    );
+}
+
+#[test]
+fn local_rename_over_a_file_vs_remote_modify_of_it_keeps_both() {
+    let c = Case::new(
+        |r| {
+            fs::write(r.join("a.txt"), b"base\n").unwrap();
+            fs::write(r.join("b.txt"), b"old\n").unwrap();
+        },
+        &[],
+    );
+    learn(&c, "a.txt");
+    learn(&c, "b.txt");
+    fs::write(c.m("a.txt"), b"mine\n").unwrap();
+    fs::rename(c.m("a.txt"), c.m("b.txt")).unwrap();
+    fs::write(c.r("b.txt"), b"their edit\n").unwrap();
+    let s = c.settle();
+    assert_eq!(
+        s.read("b.txt"),
+        b"mine\n",
+        "the renamed file is at the target"
+    );
+    assert_eq!(
+        s.one_copy("", "b.txt"),
+        b"their edit\n",
+        "the edit the user never saw is kept as a copy"
     );
 }
 
