@@ -760,6 +760,16 @@ fn every_policy(steps: &[Step]) {
     }
 }
 
+/// Keep-both, no faults: what the regression cases run with.
+fn no_faults() -> Setup {
+    Setup {
+        policy: ConflictPolicy::KeepBoth,
+        seed: 0,
+        slow: Duration::ZERO,
+        cut_after: 1000,
+    }
+}
+
 fn put(path: &'static str, len: usize, seed: u8) -> Step {
     Remote(Change::Put {
         path,
@@ -970,14 +980,8 @@ fn regression_removing_a_directory_the_remote_replaced_by_a_file_under_faults() 
 fn regression_unlink_of_a_file_never_uploaded_leaves_the_remote_file_at_its_name() {
     // Found with PROPTEST_RNG_SEED=16: the queued delete of a file made and removed here, never
     // uploaded, ran unconditionally and removed the file another machine had put at the name.
-    let setup = Setup {
-        policy: ConflictPolicy::KeepBoth,
-        seed: 0,
-        slow: Duration::ZERO,
-        cut_after: 1000,
-    };
     run(
-        &setup,
+        &no_faults(),
         &[
             Mkdir("b"),
             write("b/f", 1, 0),
@@ -993,14 +997,8 @@ fn regression_a_rename_over_a_file_leaves_what_the_remote_put_there_since() {
     // Found with PROPTEST_RNG_SEED=2: `b/f` renamed over the local `f`, whose upload then met a
     // remote `f` and kept both; the queued rename took that remote version for the one it
     // replaced and overwrote it.
-    let setup = Setup {
-        policy: ConflictPolicy::KeepBoth,
-        seed: 0,
-        slow: Duration::ZERO,
-        cut_after: 1000,
-    };
     run(
-        &setup,
+        &no_faults(),
         &[
             write("f", 1, 0),
             put("b/f", 2, 0),
@@ -1017,14 +1015,8 @@ fn regression_a_rename_over_a_file_leaves_what_the_remote_put_there_since() {
 #[test]
 fn regression_a_rename_to_a_free_name_leaves_what_the_remote_put_there_since() {
     // The same with nothing at the target here: the remote's new file there is not replaced.
-    let setup = Setup {
-        policy: ConflictPolicy::KeepBoth,
-        seed: 0,
-        slow: Duration::ZERO,
-        cut_after: 1000,
-    };
     run(
-        &setup,
+        &no_faults(),
         &[
             write("a", 1, 0),
             Flush,
@@ -1042,14 +1034,8 @@ fn regression_a_renamed_file_whose_upload_met_a_remote_file_takes_the_remote_one
     // the remote put there, unseen here), then the remote put a `g` of its own. The upload of
     // `g` kept both and the queued rename moved the remote's `g` along (the table's "local
     // rename vs remote modify"); the drive must then show that file at `a/c/f`, not its own.
-    let setup = Setup {
-        policy: ConflictPolicy::KeepBoth,
-        seed: 0,
-        slow: Duration::ZERO,
-        cut_after: 1000,
-    };
     run(
-        &setup,
+        &no_faults(),
         &[
             write("g", 1, 0),
             FaultyFlush,
@@ -1116,13 +1102,7 @@ fn regression_a_local_file_over_a_directory_the_remote_made_again() {
 /// whose flushes stayed stuck): both are kept. The write to `g`, held back by the write-back
 /// delay, keeps the namespace change after it queued until the flush.
 fn keep_both(steps: &[Step]) {
-    let setup = Setup {
-        policy: ConflictPolicy::KeepBoth,
-        seed: 0,
-        slow: Duration::ZERO,
-        cut_after: 1000,
-    };
-    run(&setup, steps).unwrap();
+    run(&no_faults(), steps).unwrap();
 }
 
 #[test]
