@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use fs_core::provider::local::{LocalProvider, TMP_PREFIX};
 use fs_core::provider::memory::MemoryProvider;
+use fs_core::provider::s3::{S3Config, S3Provider};
 use fs_core::provider::{
     collect, once, ByteStream, EntryKind, ObjectAttrs, Precondition, Provider, ProviderError,
     RemoteEntry, RemotePath, Version,
@@ -35,6 +36,10 @@ trait Backing: Send + Sync {
     fn put_file(&self, path: &str, data: &[u8]);
     /// The provider's list page size, if it pages.
     fn page_size(&self) -> Option<usize>;
+    /// What the provider is expected to offer: (atomic rename, symlinks, attributes).
+    fn capabilities(&self) -> (bool, bool, bool) {
+        (true, true, true)
+    }
 }
 
 struct Local {
@@ -135,6 +140,103 @@ impl Backing for Memory {
     }
     fn page_size(&self) -> Option<usize> {
         Some(self.provider.page_size())
+    }
+}
+
+/// A bucket of the test S3 server (moto, started by the harness on 127.0.0.1), under a key
+/// prefix so that keys outside the tree are seen to stay untouched. The backing state is seen
+/// through a second provider over the same bucket and prefix (`raw`), and through raw key
+/// listings.
+struct S3 {
+    provider: S3Provider,
+    raw: S3Provider,
+}
+
+fn s3_config(bucket: &str, prefix: &str) -> S3Config {
+    let server = harness::servers::s3();
+    S3Config {
+        endpoint: server.endpoint.clone(),
+        region: harness::servers::S3_REGION.into(),
+        bucket: bucket.into(),
+        prefix: prefix.into(),
+        path_style: true,
+        access_key: harness::servers::S3_ACCESS_KEY.into(),
+        secret_key: harness::servers::S3_SECRET_KEY.into(),
+        session_token: None,
+        request_timeout: Duration::from_secs(20),
+    }
+}
+
+impl S3 {
+    async fn new(what: &str, page_size: Option<usize>) -> Self {
+        let bucket = harness::servers::s3().bucket(what);
+        let mut provider = S3Provider::new(s3_config(&bucket, "tree/root")).unwrap();
+        if let Some(n) = page_size {
+            provider = provider.with_list_page_size(n);
+        }
+        provider.create_bucket().await.unwrap();
+        let raw = S3Provider::new(s3_config(&bucket, "tree/root")).unwrap();
+        S3 { provider, raw }
+    }
+
+    fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.block_on(self.raw.object_keys()).unwrap()
+    }
+}
+
+impl Backing for S3 {
+    fn provider(&self) -> &dyn Provider {
+        &self.provider
+    }
+    fn file(&self, path: &str) -> Option<Vec<u8>> {
+        let e = self.block_on(self.raw.stat(&rp(path))).ok()?;
+        if e.kind != EntryKind::File {
+            return None;
+        }
+        Some(self.block_on(async {
+            collect(
+                self.raw
+                    .read(&rp(path), &e.version, 0, u64::MAX)
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+        }))
+    }
+    fn exists(&self, path: &str) -> bool {
+        let dir = format!("{path}/");
+        self.keys().iter().any(|k| k == path || k.starts_with(&dir))
+    }
+    fn raw_names(&self, dir: &str) -> Vec<String> {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        let mut names: Vec<String> = self
+            .keys()
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .filter_map(|rest| rest.split('/').next())
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect();
+        names.dedup();
+        names
+    }
+    fn put_file(&self, path: &str, data: &[u8]) {
+        self.block_on(put(&self.raw, path, data));
+    }
+    fn page_size(&self) -> Option<usize> {
+        self.provider.list_page_size()
+    }
+    fn capabilities(&self) -> (bool, bool, bool) {
+        (false, false, false)
     }
 }
 
@@ -258,8 +360,9 @@ async fn write_stat_read_round_trip(h: &dyn Backing) {
         assert_eq!(read_all(p, name, &st.version).await, bytes);
         assert_eq!(h.file(name).unwrap(), bytes);
     }
-    // A nested file and a write with attributes.
+    // A nested file and a write with attributes (kept only where the provider stores them).
     p.mkdir(&rp("d")).await.unwrap();
+    let attrs = p.capabilities().attrs;
     let mtime = UNIX_EPOCH + Duration::new(1_000_000_000, 123_456_789);
     let e = p
         .write(
@@ -274,8 +377,13 @@ async fn write_stat_read_round_trip(h: &dyn Backing) {
         )
         .await
         .unwrap();
-    assert_eq!(e.mode, Some(0o640));
-    assert_eq!(e.mtime, mtime);
+    if attrs {
+        assert_eq!(e.mode, Some(0o640));
+        assert_eq!(e.mtime, mtime);
+    } else {
+        assert_eq!(e.mode, None);
+        assert_ne!(e.mtime, mtime);
+    }
     assert_eq!(p.stat(&rp("d/f")).await.unwrap(), e);
     assert_eq!(h.file("d/f").unwrap(), b"hello");
     // Rewritten without a mode: the mode stays.
@@ -289,8 +397,9 @@ async fn write_stat_read_round_trip(h: &dyn Backing) {
         )
         .await
         .unwrap();
-    assert_eq!(e.mode, Some(0o640));
+    assert_eq!(e.mode, attrs.then_some(0o640));
     assert_ne!(e.mtime, mtime);
+    assert_eq!(p.stat(&rp("d/f")).await.unwrap(), e);
     no_tmp_left(h, "");
     no_tmp_left(h, "d");
 }
@@ -533,9 +642,14 @@ async fn list_entries(h: &dyn Backing) {
     }
     p.mkdir(&rp("d/s")).await.unwrap();
     put(p, "d/s/inner", b"not listed").await;
-    p.symlink(&rp("d/l"), "a").await.unwrap();
+    let caps = p.capabilities();
+    let mut expected = vec!["a", "b", "c", "e", "s"];
+    if caps.symlinks {
+        p.symlink(&rp("d/l"), "a").await.unwrap();
+        expected.insert(4, "l");
+    }
     let entries = list_all(h, "d").await;
-    assert_eq!(names(&entries), ["a", "b", "c", "e", "l", "s"]);
+    assert_eq!(names(&entries), expected);
     for e in &entries {
         let st = p.stat(&rp(&format!("d/{}", e.name))).await.unwrap();
         assert_eq!(&st, e, "list and stat agree on {}", e.name);
@@ -548,7 +662,7 @@ async fn list_entries(h: &dyn Backing) {
             _ => {
                 assert_eq!(e.kind, EntryKind::File);
                 assert_eq!(e.size, 1);
-                assert!(e.mode.is_some());
+                assert_eq!(e.mode.is_some(), caps.attrs);
             }
         }
     }
@@ -663,6 +777,9 @@ async fn delete_files(h: &dyn Backing) {
     p.delete(&rp("g"), Precondition::IfMatch(v2)).await.unwrap();
     assert!(!h.exists("g"));
     // Symlinks are deleted themselves, not their target.
+    if !p.capabilities().symlinks {
+        return;
+    }
     put(p, "t", b"target").await;
     p.symlink(&rp("l"), "t").await.unwrap();
     p.delete(&rp("l"), Precondition::None).await.unwrap();
@@ -703,18 +820,25 @@ async fn rename_dir_with_children(h: &dyn Backing) {
     p.mkdir(&rp("d/e")).await.unwrap();
     put(p, "d/x", b"x").await;
     put(p, "d/e/y", b"yy").await;
-    p.symlink(&rp("d/l"), "x").await.unwrap();
+    let symlinks = p.capabilities().symlinks;
+    if symlinks {
+        p.symlink(&rp("d/l"), "x").await.unwrap();
+    }
     let e = p.rename(&rp("d"), &rp("d2"), false).await.unwrap();
     assert_eq!(e.kind, EntryKind::Dir);
     assert!(!h.exists("d"));
     assert_eq!(h.file("d2/x").unwrap(), b"x");
     assert_eq!(h.file("d2/e/y").unwrap(), b"yy");
-    assert_eq!(names(&list_all(h, "d2").await), ["e", "l", "x"]);
     assert_eq!(names(&list_all(h, "d2/e").await), ["y"]);
-    assert_eq!(
-        p.stat(&rp("d2/l")).await.unwrap().symlink_target.as_deref(),
-        Some("x")
-    );
+    if symlinks {
+        assert_eq!(names(&list_all(h, "d2").await), ["e", "l", "x"]);
+        assert_eq!(
+            p.stat(&rp("d2/l")).await.unwrap().symlink_target.as_deref(),
+            Some("x")
+        );
+    } else {
+        assert_eq!(names(&list_all(h, "d2").await), ["e", "x"]);
+    }
     assert_eq!(
         p.stat(&rp("d/e/y")).await.unwrap_err(),
         ProviderError::NotFound(rp("d/e/y"))
@@ -757,6 +881,14 @@ async fn rename_over_existing(h: &dyn Backing) {
 
 async fn symlinks(h: &dyn Backing) {
     let p = h.provider();
+    if !p.capabilities().symlinks {
+        assert!(matches!(
+            p.symlink(&rp("l"), "x").await.unwrap_err(),
+            ProviderError::NotSupported(_)
+        ));
+        assert!(!h.exists("l"));
+        return;
+    }
     let e = p.symlink(&rp("l"), "some/where/else").await.unwrap();
     assert_eq!(e.kind, EntryKind::Symlink);
     assert_eq!(e.symlink_target.as_deref(), Some("some/where/else"));
@@ -778,6 +910,21 @@ async fn symlinks(h: &dyn Backing) {
 async fn set_attrs_mode_and_mtime(h: &dyn Backing) {
     let p = h.provider();
     let before = put(p, "f", b"abc").await;
+    if !p.capabilities().attrs {
+        let err = p
+            .set_attrs(
+                &rp("f"),
+                ObjectAttrs {
+                    mode: Some(0o600),
+                    mtime: None,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProviderError::NotSupported(_)), "{err:?}");
+        assert_eq!(p.stat(&rp("f")).await.unwrap(), before);
+        return;
+    }
     let mtime = UNIX_EPOCH + Duration::new(978_307_200, 987_654_321);
     let e = p
         .set_attrs(
@@ -911,7 +1058,13 @@ async fn not_found(h: &dyn Backing) {
 async fn capabilities_and_names(h: &dyn Backing) {
     let p = h.provider();
     let caps = p.capabilities();
-    assert!(caps.rename && caps.symlinks && caps.attrs);
+    // What each provider can store is known: the local folder and the test double can do all.
+    assert_eq!(
+        (caps.rename, caps.symlinks, caps.attrs),
+        h.capabilities(),
+        "capabilities of {}",
+        p.describe()
+    );
     assert_eq!(caps.max_name_len, 255);
     let long = "n".repeat(256);
     assert!(matches!(
@@ -942,6 +1095,24 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $scenario() {
                     let h = super::Memory::new();
+                    super::$scenario(&h).await;
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let h = super::S3::new(stringify!($scenario), None).await;
+                    super::$scenario(&h).await;
+                }
+            )*
+        }
+        mod s3_paged {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let h = super::S3::new(stringify!($scenario), Some(2)).await;
                     super::$scenario(&h).await;
                 }
             )*
@@ -1419,4 +1590,163 @@ async fn local_versions_follow_changes_by_other_programs() {
     .unwrap();
     assert_eq!(p.stat(&rp("g")).await.unwrap().version, v3);
     let _ = SystemTime::now();
+}
+
+// ---------------------------------------------------------------------------------------------
+// S3 only
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_conditional_writes_are_probed_and_honoured() {
+    let h = S3::new("probe", None).await;
+    let p = &h.provider;
+    let v1 = put(p, "f", b"one").await.version;
+    let err = p
+        .write(
+            &rp("f"),
+            body(b"two", 3),
+            3,
+            Precondition::IfMatch(Version::from("\"0123\"")),
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, ProviderError::PreconditionFailed { path: rp("f") });
+    // moto honours If-Match and If-None-Match on PUT: no fallback window.
+    assert!(p.capabilities().conditional_write);
+    p.write(
+        &rp("f"),
+        body(b"two", 3),
+        3,
+        Precondition::IfMatch(v1),
+        ObjectAttrs::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(h.file("f").unwrap(), b"two");
+    // The probe objects are gone or hidden, and their names cannot be used.
+    assert_eq!(names(&list_all(&h, "").await), ["f"]);
+    let err = p
+        .mkdir(&rp(&format!("{}x", fs_core::provider::s3::PROBE_PREFIX)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::InvalidName { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_folders_without_markers_and_keys_outside_the_tree() {
+    let h = S3::new("markers", Some(2)).await;
+    let p = &h.provider;
+    // Written by another tool: no marker objects, and a key the drive cannot show.
+    h.raw.put_raw("a/b/c.txt", b"deep").await.unwrap();
+    h.raw.put_raw("a/x", b"x").await.unwrap();
+    h.raw.put_raw("a/bad//name", b"?").await.unwrap();
+    let outside = S3Provider::new(s3_config(&bucket_of(&h), "tree")).unwrap();
+    outside.put_raw("sibling", b"not ours").await.unwrap();
+    assert_eq!(names(&list_all(&h, "").await), ["a"]);
+    assert_eq!(names(&list_all(&h, "a").await), ["b", "bad", "x"]);
+    assert_eq!(p.stat(&rp("a/b")).await.unwrap().kind, EntryKind::Dir);
+    let f = p.stat(&rp("a/b/c.txt")).await.unwrap();
+    assert_eq!(read_all(p, "a/b/c.txt", &f.version).await, b"deep");
+    // A marker-less folder is removed with its last file; a rename moves everything.
+    p.rename(&rp("a"), &rp("z"), false).await.unwrap();
+    assert!(!h.exists("a"));
+    assert_eq!(h.file("z/b/c.txt").unwrap(), b"deep");
+    assert!(h.keys().contains(&"z/bad//name".to_string()));
+    p.delete(&rp("z/b/c.txt"), Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.stat(&rp("z/b")).await.unwrap_err(),
+        ProviderError::NotFound(rp("z/b"))
+    );
+    // The key outside the prefix was never touched.
+    assert_eq!(
+        outside
+            .object_keys()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|k| *k == "sibling")
+            .count(),
+        1
+    );
+}
+
+fn bucket_of(h: &S3) -> String {
+    // `describe` is `s3://BUCKET/PREFIX (ENDPOINT)`.
+    let d = h.provider.describe();
+    d.trim_start_matches("s3://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_missing_bucket_and_dead_endpoint_are_unreachable_not_empty() {
+    let server = harness::servers::s3();
+    let p = S3Provider::new(s3_config(&server.bucket("never-made"), "")).unwrap();
+    let v = Version::from("\"x\"");
+    for err in [
+        p.stat(&RemotePath::root()).await.unwrap_err(),
+        p.stat(&rp("f")).await.unwrap_err(),
+        p.list(&RemotePath::root(), None).await.unwrap_err(),
+        p.read(&rp("f"), &v, 0, 10).await.err().unwrap(),
+    ] {
+        assert!(matches!(err, ProviderError::Unreachable(_)), "{err:?}");
+    }
+    // Nothing listens on the port: refused at once, and named.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dead = S3Provider::new(S3Config {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        ..s3_config("some-bucket", "")
+    })
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    match dead.stat(&rp("f")).await.unwrap_err() {
+        ProviderError::Unreachable(msg) => assert!(msg.contains(&port.to_string()), "{msg}"),
+        e => panic!("{e:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_directory_rename_cut_short_finishes_when_run_again() {
+    let h = S3::new("dir-rename-resume", None).await;
+    let p = &h.provider;
+    p.mkdir(&rp("d")).await.unwrap();
+    for i in 0..6 {
+        put(p, &format!("d/f{i}"), format!("file {i}").as_bytes()).await;
+    }
+    // An earlier attempt copied two files (and no marker) before it stopped.
+    for i in 0..2 {
+        h.raw
+            .put_raw(&format!("e/f{i}"), format!("file {i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    p.rename(&rp("d"), &rp("e"), false).await.unwrap();
+    assert!(!h.exists("d"));
+    for i in 0..6 {
+        assert_eq!(
+            h.file(&format!("e/f{i}")).unwrap(),
+            format!("file {i}").as_bytes()
+        );
+    }
+    assert!(
+        h.keys().contains(&"e/".to_string()),
+        "the marker was moved too"
+    );
+    // A target holding something else is not taken for an earlier attempt.
+    p.mkdir(&rp("g")).await.unwrap();
+    put(p, "g/f0", b"file 0").await;
+    h.raw.put_raw("h/other", b"other").await.unwrap();
+    assert_eq!(
+        p.rename(&rp("g"), &rp("h"), false).await.unwrap_err(),
+        ProviderError::AlreadyExists(rp("h"))
+    );
+    assert_eq!(h.file("g/f0").unwrap(), b"file 0");
 }

@@ -25,6 +25,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod servers;
+
 pub use serde_json::Value;
 pub use tempfile::TempDir;
 

@@ -1,5 +1,5 @@
-//! The provider: where the files really live (a local folder, an in-memory store for tests; S3,
-//! WebDAV and SFTP later). One async trait, versions opaque, errors classified so that the core
+//! The provider: where the files really live (a local folder, an S3 bucket, an in-memory store
+//! for tests; WebDAV and SFTP later). One async trait, versions opaque, errors classified so that the core
 //! can tell "not found" from "cannot reach" (a clean cached file is never treated as deleted
 //! because the network is down).
 //!
@@ -8,6 +8,7 @@
 pub mod faulty;
 pub mod local;
 pub mod memory;
+pub mod s3;
 
 use std::fmt;
 use std::pin::Pin;

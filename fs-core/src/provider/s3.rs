@@ -1,0 +1,2216 @@
+//! [`S3Provider`]: a bucket (and a key prefix inside it) of any S3-compatible object store as the
+//! remote, spoken to with plain HTTP(S) requests signed by hand (AWS Signature Version 4), so that
+//! the core needs no AWS SDK and no OpenSSL (TLS is rustls on aws-lc-rs).
+//!
+//! # How the tree maps onto keys
+//!
+//! * A file at `a/b` is the object `<prefix>a/b`. Its version is the object's ETag, quoted, as
+//!   the server returns it; its mtime is the object's `LastModified` (whole seconds); it has no
+//!   mode (`attrs: false`).
+//! * A directory is a key prefix: `a/` exists if the empty *marker* object `<prefix>a/` exists
+//!   (what [`mkdir`](Provider::mkdir) writes) or any key starts with `<prefix>a/` (folders made
+//!   by other tools often have no marker). Every directory reports size 0, version `dir` and
+//!   mtime `UNIX_EPOCH`: a listing names subdirectories only by their common prefix, with no
+//!   time, and a constant keeps `list` and `stat` in agreement without a request per directory.
+//! * The root always exists; a missing bucket is [`ProviderError::Unreachable`] naming the
+//!   bucket, never an empty tree (a `NotFound` is only concluded from a listing or a `GET`
+//!   answer, which say `NoSuchBucket` when the bucket is gone; a `HEAD` cannot tell).
+//! * Keys of probe objects (`.syncoxide-probe-…`, see below) are hidden and cannot be created.
+//!
+//! # Operations
+//!
+//! * `stat`: `HEAD` of the key (a file), else a listing of `key/` limited to one key (a
+//!   directory), else `NotFound`.
+//! * `list`: `ListObjectsV2` with delimiter `/`; the continuation token is the page token.
+//! * `read`: ranged `GET` with `If-Match: <version>` (the answer's ETag is compared as well, for
+//!   servers that ignore `If-Match`), so a read never mixes versions. A body cut midway is
+//!   resumed from the byte reached with a new ranged, conditional `GET` (a few times).
+//! * `write`: one `PUT` with `Content-Length` (files up to 5 GiB; larger ones are
+//!   `NotSupported` until multipart uploads come). A body of up to 1 MiB is gathered first and
+//!   sent with `Content-MD5` and a signed payload hash (the server checks both); a larger one is
+//!   streamed as `UNSIGNED-PAYLOAD` while its MD5 is computed, and the ETag the server answers
+//!   is compared with it (an ETag that is not a plain MD5, as with SSE-KMS, is not compared). A
+//!   body that is short, long or fails aborts the request, so the server never stores it.
+//!   `IfMatch` is sent as `If-Match`, `IfNotExists` as `If-None-Match: *`.
+//! * Conditional writes: some S3-compatible servers ignore `If-Match` / `If-None-Match` on `PUT`.
+//!   Before the first conditional write the provider probes once (two `PUT`s of a probe key with
+//!   `If-None-Match: *`, the second must be refused with 412; one with a wrong `If-Match`, which
+//!   must be refused too). Where the server does not honour a header, that precondition falls
+//!   back to a `HEAD` and compare just before the `PUT`: a change by someone else in that window
+//!   (one round trip) is overwritten. [`Capabilities::conditional_write`] is `true` until a probe
+//!   shows otherwise.
+//! * `delete`: `HEAD` and compare the version (conditional `DELETE` is not widely supported),
+//!   then `DELETE`; the same window applies. `rmdir`: `NotEmpty` if any key but the marker is
+//!   under the prefix, else the marker is deleted.
+//! * `rename` is not atomic (`rename: false`). A file is copied server-side (`CopyObject` with
+//!   `x-amz-copy-source-if-match` and the source's ETag, and the copy's ETag is compared with
+//!   it for servers that ignore that header), then the source is deleted. A directory is moved
+//!   key by key: every object is copied (the marker last), then the sources are deleted (the
+//!   marker last). A rename interrupted while copying can be run again: a target that has no
+//!   marker and holds only same-ETag copies of source keys is taken as that earlier attempt,
+//!   and keys already copied are skipped.
+//! * `symlink` and `set_attrs` are `NotSupported`.
+//!
+//! # Errors
+//!
+//! Connection errors (refused, DNS, TLS) are `Unreachable` (naming the endpoint), timeouts
+//! `TimedOut`, 403 `PermissionDenied`, 5xx / 429 / `SlowDown` a retryable `Other`, anything else
+//! a non-retryable `Other` carrying the S3 error code and message. [`S3Config::request_timeout`]
+//! bounds connecting, waiting for an answer, and every wait for the next piece of a body (sent
+//! or received), not the whole transfer of a large file.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::{digest, hmac};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use md5::{Digest, Md5};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+
+use super::{
+    ByteStream, Capabilities, EntryKind, ListPage, ObjectAttrs, Precondition, Provider,
+    ProviderError, RemoteEntry, RemotePath, Result, Version,
+};
+
+/// Names of the objects written by the conditional-write probe (hidden, reserved).
+pub const PROBE_PREFIX: &str = ".syncoxide-probe-";
+
+/// Longest name component, in bytes (like the other providers, so names behave the same).
+const MAX_NAME_LEN: usize = 255;
+/// S3's limit on a whole key, in bytes.
+const MAX_KEY_LEN: usize = 1024;
+/// Largest object one `PUT` may create.
+const MAX_PUT: u64 = 5 << 30;
+/// Bodies up to this size are gathered and sent with `Content-MD5`.
+const SMALL_BODY: u64 = 1 << 20;
+/// How many times a read whose body was cut is resumed.
+const READ_RESUMES: u32 = 3;
+/// The version of every directory.
+const DIR_VERSION: &str = "dir";
+/// SHA-256 of the empty string.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
+
+/// Where and how to reach the bucket.
+#[derive(Clone)]
+pub struct S3Config {
+    /// `https://s3.eu-west-1.amazonaws.com`, `http://127.0.0.1:9000`, … (an optional path is
+    /// kept in front of every request path).
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    /// Key prefix under which the tree lives (`""` for the whole bucket; `a/b` and `a/b/` are
+    /// the same).
+    pub prefix: String,
+    /// `http://endpoint/bucket/key` (MinIO, most self-hosted servers) instead of
+    /// `http://bucket.endpoint/key`.
+    pub path_style: bool,
+    pub access_key: String,
+    pub secret_key: String,
+    pub session_token: Option<String>,
+    /// See the module documentation, "Errors".
+    pub request_timeout: Duration,
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("path_style", &self.path_style)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+/// A configuration the provider cannot work with.
+#[derive(Debug, thiserror::Error)]
+pub enum S3ConfigError {
+    #[error("invalid S3 endpoint {endpoint:?}: {reason}")]
+    Endpoint { endpoint: String, reason: String },
+    #[error("invalid S3 bucket name {0:?}")]
+    Bucket(String),
+    #[error("invalid S3 key prefix {0:?} (components must be valid path names)")]
+    Prefix(String),
+    #[error("invalid S3 region {0:?}")]
+    Region(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding, hashing and times
+
+/// Percent-encodes `s` as SigV4 wants it: every byte but `A-Za-z0-9-._~` (and `/` unless
+/// `encode_slash`).
+fn uri_encode(s: &str, encode_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            b'/' if !encode_slash => out.push('/'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Undoes the `encoding-type=url` of a listing (`+` is a space there).
+fn url_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex(digest::digest(&digest::SHA256, data).as_ref())
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    hmac::sign(&key, data).as_ref().to_vec()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The civil date of a day count since 1970-01-01.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
+}
+
+/// `20130524T000000Z`.
+fn amz_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+fn from_civil(y: i64, m: i64, d: i64, hh: i64, mm: i64, ss: i64) -> Option<SystemTime> {
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let secs = days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss;
+    Some(if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    })
+}
+
+/// `2026-12-06T14:34:13.000Z` (a listing's `LastModified`); fractions are dropped.
+fn parse_iso8601(s: &str) -> Option<SystemTime> {
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    if s.get(4..5)? != "-" || s.get(10..11)? != "T" {
+        return None;
+    }
+    from_civil(
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    )
+}
+
+/// `Sun, 06 Dec 2026 14:34:03 GMT` (the `Last-Modified` header).
+fn parse_http_date(s: &str) -> Option<SystemTime> {
+    let mut it = s.split_whitespace().skip(1);
+    let d = it.next()?.parse().ok()?;
+    let m = match it.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let y = it.next()?.parse().ok()?;
+    let mut hms = it.next()?.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (hms.next()??, hms.next()??, hms.next()??);
+    from_civil(y, m, d, hh, mm, ss)
+}
+
+/// Now, truncated to whole seconds like the server's times.
+fn now_secs() -> SystemTime {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// ETags with their quotes, whatever the server sent.
+fn normalize_etag(e: &str) -> String {
+    let e = e.trim();
+    if e.starts_with('"') || e.starts_with("W/") {
+        e.to_string()
+    } else {
+        format!("\"{e}\"")
+    }
+}
+
+/// The MD5 inside a single-part upload's ETag (`None` for other ETags: multipart, SSE-KMS…).
+fn etag_md5(etag: &str) -> Option<&str> {
+    let inner = etag.strip_prefix('"')?.strip_suffix('"')?;
+    (inner.len() == 32 && inner.bytes().all(|b| b.is_ascii_hexdigit())).then_some(inner)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SigV4
+
+/// AWS Signature Version 4 for the `s3` service.
+struct Signer {
+    access_key: String,
+    secret_key: String,
+    session_token: Option<String>,
+    region: String,
+}
+
+impl Signer {
+    /// The `Authorization` header for a request. `headers` are every header to sign
+    /// (lowercase names; `host`, `x-amz-date` and `x-amz-content-sha256` among them); the
+    /// canonical URI and query must already be encoded.
+    fn authorization(
+        &self,
+        method: &str,
+        canonical_uri: &str,
+        canonical_query: &str,
+        headers: &[(String, String)],
+        payload_hash: &str,
+        amz_date: &str,
+    ) -> String {
+        let mut sorted: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| {
+                let v = v.split_whitespace().collect::<Vec<_>>().join(" ");
+                (k.to_ascii_lowercase(), v)
+            })
+            .collect();
+        sorted.sort();
+        let canonical_headers: String = sorted.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+        let signed_headers = sorted
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(";");
+        let canonical_request = format!(
+            "{method}\n{canonical_uri}\n{canonical_query}\n{canonical_headers}\n{signed_headers}\n{payload_hash}"
+        );
+        let date = &amz_date[..8.min(amz_date.len())];
+        let scope = format!("{date}/{}/s3/aws4_request", self.region);
+        let string_to_sign = format!(
+            "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+            sha256_hex(canonical_request.as_bytes())
+        );
+        let k_date = hmac_sha256(
+            format!("AWS4{}", self.secret_key).as_bytes(),
+            date.as_bytes(),
+        );
+        let k_region = hmac_sha256(&k_date, self.region.as_bytes());
+        let k_service = hmac_sha256(&k_region, b"s3");
+        let k_signing = hmac_sha256(&k_service, b"aws4_request");
+        let signature = hex(&hmac_sha256(&k_signing, string_to_sign.as_bytes()));
+        format!(
+            "AWS4-HMAC-SHA256 Credential={}/{scope},SignedHeaders={signed_headers},Signature={signature}",
+            self.access_key
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// XML bodies
+
+#[derive(Debug, Default, Deserialize)]
+struct ListBucketResult {
+    #[serde(rename = "Contents", default)]
+    contents: Vec<ListedObject>,
+    #[serde(rename = "CommonPrefixes", default)]
+    common_prefixes: Vec<CommonPrefix>,
+    #[serde(rename = "IsTruncated", default)]
+    is_truncated: bool,
+    #[serde(rename = "NextContinuationToken")]
+    next_continuation_token: Option<String>,
+    #[serde(rename = "EncodingType")]
+    encoding_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListedObject {
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "LastModified", default)]
+    last_modified: String,
+    #[serde(rename = "ETag", default)]
+    etag: String,
+    #[serde(rename = "Size", default)]
+    size: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct CommonPrefix {
+    #[serde(rename = "Prefix")]
+    prefix: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "Code", default)]
+    code: String,
+    #[serde(rename = "Message", default)]
+    message: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct CopyObjectResult {
+    #[serde(rename = "ETag", default)]
+    etag: String,
+}
+
+fn xml<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> Result<T> {
+    let text = std::str::from_utf8(body).map_err(|_| ProviderError::Other {
+        message: format!("S3 {what}: the answer is not UTF-8"),
+        retryable: true,
+    })?;
+    quick_xml::de::from_str(text).map_err(|e| ProviderError::Other {
+        message: format!("S3 {what}: cannot parse the answer: {e}"),
+        retryable: true,
+    })
+}
+
+/// The error document of an answer, if it has one.
+fn error_body(body: &[u8]) -> Option<ErrorBody> {
+    let text = std::str::from_utf8(body).ok()?;
+    if !text.contains("<Error") {
+        return None;
+    }
+    quick_xml::de::from_str(text).ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The HTTP client
+
+/// A request body.
+enum Body {
+    Empty,
+    /// Sent with its SHA-256 as the signed payload hash.
+    Bytes(Bytes),
+    /// Sent as `UNSIGNED-PAYLOAD`, watched by a [`Progress`].
+    Stream {
+        body: reqwest::Body,
+        len: u64,
+        progress: Arc<Progress>,
+    },
+}
+
+struct Request<'a> {
+    method: Method,
+    /// The full key; `None` for the bucket itself.
+    key: Option<&'a str>,
+    query: Vec<(&'static str, String)>,
+    headers: Vec<(&'static str, String)>,
+    body: Body,
+}
+
+impl<'a> Request<'a> {
+    fn new(method: Method, key: Option<&'a str>) -> Self {
+        Request {
+            method,
+            key,
+            query: Vec::new(),
+            headers: Vec::new(),
+            body: Body::Empty,
+        }
+    }
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+    fn query(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.query.push((name, value.into()));
+        self
+    }
+}
+
+/// An answer whose body has been read (small answers: listings, errors, copies).
+struct Answer {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// When the HTTP stack last asked an upload body for more, so that a server that stops taking
+/// bytes is noticed (a slow *source* is not the server's fault and is not counted).
+struct Progress {
+    start: Instant,
+    /// Milliseconds since `start` of the last poll, or of the body's end.
+    last_ms: AtomicU64,
+    /// 0: the HTTP stack is waiting for us, 1: we are waiting for the source.
+    waiting_on_source: AtomicU8,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            waiting_on_source: AtomicU8::new(0),
+        }
+    }
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    /// Resolves once the HTTP stack has not asked for more for `timeout`.
+    async fn stalled(&self, timeout: Duration) {
+        let tick = (timeout / 4).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(tick).await;
+            if self.waiting_on_source.load(Ordering::Relaxed) == 1 {
+                continue;
+            }
+            let idle = self
+                .start
+                .elapsed()
+                .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)));
+            if idle > timeout {
+                return;
+            }
+        }
+    }
+}
+
+/// Signs and sends requests to one bucket.
+struct Client {
+    http: reqwest::Client,
+    scheme: String,
+    /// `host[:port]` as sent in the `Host` header.
+    host: String,
+    /// Path of the endpoint, without a trailing `/` (usually empty).
+    base_path: String,
+    bucket: String,
+    path_style: bool,
+    signer: Signer,
+    timeout: Duration,
+    endpoint: String,
+}
+
+/// Bucket names that work in both URL styles (DNS-compatible).
+fn valid_bucket(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+        && b.as_bytes()[0].is_ascii_alphanumeric()
+        && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric()
+}
+
+impl Client {
+    fn new(cfg: &S3Config) -> std::result::Result<Self, S3ConfigError> {
+        let bad = |reason: &str| S3ConfigError::Endpoint {
+            endpoint: cfg.endpoint.clone(),
+            reason: reason.to_string(),
+        };
+        let url = reqwest::Url::parse(&cfg.endpoint).map_err(|e| bad(&e.to_string()))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(bad("the scheme must be http or https"));
+        }
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+            return Err(bad("no query, fragment or user name allowed"));
+        }
+        let host_name = url.host_str().ok_or_else(|| bad("no host"))?;
+        if !valid_bucket(&cfg.bucket) {
+            return Err(S3ConfigError::Bucket(cfg.bucket.clone()));
+        }
+        if cfg.region.is_empty() || !cfg.region.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(S3ConfigError::Region(cfg.region.clone()));
+        }
+        let mut host = if cfg.path_style {
+            host_name.to_string()
+        } else {
+            format!("{}.{host_name}", cfg.bucket)
+        };
+        if let Some(port) = url.port() {
+            host = format!("{host}:{port}");
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(cfg.request_timeout)
+            .read_timeout(cfg.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| S3ConfigError::Client(e.to_string()))?;
+        Ok(Client {
+            http,
+            scheme: url.scheme().to_string(),
+            host,
+            base_path: url.path().trim_end_matches('/').to_string(),
+            bucket: cfg.bucket.clone(),
+            path_style: cfg.path_style,
+            signer: Signer {
+                access_key: cfg.access_key.clone(),
+                secret_key: cfg.secret_key.clone(),
+                session_token: cfg.session_token.clone(),
+                region: cfg.region.clone(),
+            },
+            timeout: cfg.request_timeout,
+            endpoint: cfg.endpoint.clone(),
+        })
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> ProviderError {
+        if e.is_timeout() {
+            ProviderError::TimedOut
+        } else if e.is_connect() {
+            ProviderError::Unreachable(format!("S3 endpoint {}: {e}", self.endpoint))
+        } else {
+            // A connection reset or closed midway: the same request may well succeed.
+            ProviderError::Other {
+                message: format!("S3 endpoint {}: {e}", self.endpoint),
+                retryable: true,
+            }
+        }
+    }
+
+    /// Signs and sends `req`; the answer's head, its body not read yet.
+    async fn send(&self, req: Request<'_>) -> Result<reqwest::Response> {
+        let mut canonical_uri = self.base_path.clone();
+        if self.path_style {
+            canonical_uri.push('/');
+            canonical_uri.push_str(&self.bucket);
+        }
+        match req.key {
+            Some(key) => {
+                canonical_uri.push('/');
+                canonical_uri.push_str(&uri_encode(key, false));
+            }
+            None if self.path_style => {}
+            None => canonical_uri.push('/'),
+        }
+        if canonical_uri.is_empty() {
+            canonical_uri.push('/');
+        }
+        let mut query: Vec<(String, String)> = req
+            .query
+            .iter()
+            .map(|(k, v)| (uri_encode(k, true), uri_encode(v, true)))
+            .collect();
+        query.sort();
+        let canonical_query = query
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut url = format!("{}://{}{canonical_uri}", self.scheme, self.host);
+        if !canonical_query.is_empty() {
+            url.push('?');
+            url.push_str(&canonical_query);
+        }
+
+        let (payload_hash, body, len, progress) = match req.body {
+            Body::Empty => (EMPTY_SHA256.to_string(), None, 0, None),
+            Body::Bytes(b) => {
+                let len = b.len() as u64;
+                (sha256_hex(&b), Some(reqwest::Body::from(b)), len, None)
+            }
+            Body::Stream {
+                body,
+                len,
+                progress,
+            } => (
+                UNSIGNED_PAYLOAD.to_string(),
+                Some(body),
+                len,
+                Some(progress),
+            ),
+        };
+        let date = amz_date(SystemTime::now());
+        let mut signed: Vec<(String, String)> = vec![
+            ("host".into(), self.host.clone()),
+            ("x-amz-date".into(), date.clone()),
+            ("x-amz-content-sha256".into(), payload_hash.clone()),
+        ];
+        if let Some(token) = &self.signer.session_token {
+            signed.push(("x-amz-security-token".into(), token.clone()));
+        }
+        for (k, v) in &req.headers {
+            signed.push((k.to_string(), v.clone()));
+        }
+        let auth = self.signer.authorization(
+            req.method.as_str(),
+            &canonical_uri,
+            &canonical_query,
+            &signed,
+            &payload_hash,
+            &date,
+        );
+        let mut builder = self.http.request(req.method.clone(), &url);
+        for (k, v) in signed.iter().filter(|(k, _)| k != "host") {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        builder = builder.header("authorization", auth);
+        if req.method == Method::PUT || req.method == Method::POST {
+            builder = builder.header("content-length", len.to_string());
+        }
+        if let Some(body) = body {
+            builder = builder.body(body);
+        }
+        tracing::debug!(method = %req.method, key = ?req.key, query = %canonical_query, "s3 request");
+        let sent = builder.send();
+        let result = match progress {
+            // An upload takes as long as it takes, as long as the server keeps taking bytes.
+            Some(p) => tokio::select! {
+                r = sent => r,
+                () = p.stalled(self.timeout) => return Err(ProviderError::TimedOut),
+            },
+            None => match tokio::time::timeout(self.timeout, sent).await {
+                Ok(r) => r,
+                Err(_) => return Err(ProviderError::TimedOut),
+            },
+        };
+        result.map_err(|e| self.transport_error(&e))
+    }
+
+    /// [`Client::send`], reading the whole (small) body.
+    async fn call(&self, req: Request<'_>) -> Result<Answer> {
+        let resp = self.send(req).await?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = match tokio::time::timeout(self.timeout, resp.bytes()).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return Err(self.transport_error(&e)),
+            Err(_) => return Err(ProviderError::TimedOut),
+        };
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// The error an unexpected answer means, for an operation on `path`.
+    fn error(
+        &self,
+        path: &RemotePath,
+        what: &str,
+        status: StatusCode,
+        body: &[u8],
+    ) -> ProviderError {
+        let err = error_body(body).unwrap_or_default();
+        let code = err.code.as_str();
+        if code == "NoSuchBucket" {
+            return ProviderError::Unreachable(format!(
+                "S3 bucket {:?} does not exist at {}",
+                self.bucket, self.endpoint
+            ));
+        }
+        let message = format!(
+            "S3 {what} {path}: HTTP {}{}{}",
+            status.as_u16(),
+            if code.is_empty() {
+                String::new()
+            } else {
+                format!(" {code}")
+            },
+            if err.message.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", err.message)
+            }
+        );
+        match status.as_u16() {
+            403 => {
+                tracing::warn!("{message}");
+                ProviderError::PermissionDenied(path.clone())
+            }
+            404 if code.is_empty() || code == "NoSuchKey" => ProviderError::NotFound(path.clone()),
+            412 => ProviderError::PreconditionFailed { path: path.clone() },
+            408 | 429 | 500..=599 => ProviderError::Other {
+                message,
+                retryable: true,
+            },
+            _ if matches!(
+                code,
+                "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable"
+            ) =>
+            {
+                ProviderError::Other {
+                    message,
+                    retryable: true,
+                }
+            }
+            _ => ProviderError::Other {
+                message,
+                retryable: false,
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upload bodies
+
+/// What a [`CheckedBody`] saw.
+#[derive(Default)]
+struct BodyState {
+    sent: u64,
+    md5: Option<Md5>,
+    digest: Option<Vec<u8>>,
+    /// Why the body was aborted: the source's error, or a length mismatch.
+    error: Option<ProviderError>,
+}
+
+/// The error handed to the HTTP stack to abort an upload (the real one is in [`BodyState`]).
+#[derive(Debug, thiserror::Error)]
+#[error("upload body aborted")]
+struct BodyAborted;
+
+/// Streams a [`ByteStream`] into a request body: exactly `len` bytes or the request is aborted
+/// (so the server never stores a partial object), computing the MD5 on the way.
+struct CheckedBody {
+    inner: ByteStream,
+    len: u64,
+    path: RemotePath,
+    state: Arc<Mutex<BodyState>>,
+    progress: Arc<Progress>,
+    finished: bool,
+}
+
+impl CheckedBody {
+    fn abort(&mut self, e: ProviderError) -> Poll<Option<std::result::Result<Bytes, BodyAborted>>> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.error.get_or_insert(e);
+        self.finished = true;
+        Poll::Ready(Some(Err(BodyAborted)))
+    }
+}
+
+impl Stream for CheckedBody {
+    type Item = std::result::Result<Bytes, BodyAborted>;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        this.progress.touch();
+        let item = this.inner.poll_next_unpin(cx);
+        this.progress
+            .waiting_on_source
+            .store(u8::from(item.is_pending()), Ordering::Relaxed);
+        match item {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Err(e))) => this.abort(e),
+            Poll::Ready(Some(Ok(b))) => {
+                let sent = {
+                    let mut st = this.state.lock().unwrap_or_else(|e| e.into_inner());
+                    st.sent += b.len() as u64;
+                    if let Some(m) = st.md5.as_mut() {
+                        m.update(&b);
+                    }
+                    st.sent
+                };
+                if sent > this.len {
+                    let msg = format!(
+                        "{}: body is longer than the declared {} bytes",
+                        this.path, this.len
+                    );
+                    return this.abort(ProviderError::Other {
+                        message: msg,
+                        retryable: false,
+                    });
+                }
+                Poll::Ready(Some(Ok(b)))
+            }
+            Poll::Ready(None) => {
+                let mut st = this.state.lock().unwrap_or_else(|e| e.into_inner());
+                if st.sent != this.len {
+                    let msg = format!(
+                        "{}: body ended after {} of {} bytes",
+                        this.path, st.sent, this.len
+                    );
+                    drop(st);
+                    return this.abort(ProviderError::Other {
+                        message: msg,
+                        retryable: false,
+                    });
+                }
+                if let Some(m) = st.md5.take() {
+                    st.digest = Some(m.finalize().to_vec());
+                }
+                this.finished = true;
+                this.progress.touch();
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+/// Gathers a small body, exactly `len` bytes.
+async fn collect_exact(path: &RemotePath, mut body: ByteStream, len: u64) -> Result<Bytes> {
+    let mut data = Vec::with_capacity(len as usize);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if (data.len() + chunk.len()) as u64 > len {
+            return Err(ProviderError::Other {
+                message: format!("{path}: body is longer than the declared {len} bytes"),
+                retryable: false,
+            });
+        }
+        data.extend_from_slice(&chunk);
+    }
+    if data.len() as u64 != len {
+        return Err(ProviderError::Other {
+            message: format!("{path}: body ended after {} of {len} bytes", data.len()),
+            retryable: false,
+        });
+    }
+    Ok(Bytes::from(data))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The provider
+
+/// Which conditional `PUT` headers the server honours (see the module documentation).
+#[derive(Clone, Copy, Debug)]
+struct Conditions {
+    if_none_match: bool,
+    if_match: bool,
+}
+
+const PROBE_UNKNOWN: u8 = 0;
+const PROBE_HONOURED: u8 = 1;
+const PROBE_IGNORED: u8 = 2;
+
+/// What a `HEAD` of a file says.
+struct Head {
+    etag: String,
+    size: u64,
+    mtime: SystemTime,
+}
+
+struct Inner {
+    client: Client,
+    /// `""` or `a/b/`.
+    prefix: String,
+    page_size: Option<usize>,
+    conditions: tokio::sync::OnceCell<Conditions>,
+    /// For `capabilities()`, which cannot wait for the probe.
+    probe_state: AtomicU8,
+}
+
+/// An S3 bucket (and prefix) as the remote. See the module documentation.
+#[derive(Clone)]
+pub struct S3Provider {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for S3Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Provider")
+            .field("endpoint", &self.inner.client.endpoint)
+            .field("bucket", &self.inner.client.bucket)
+            .field("prefix", &self.inner.prefix)
+            .field("path_style", &self.inner.client.path_style)
+            .finish_non_exhaustive()
+    }
+}
+
+fn file_entry(name: &str, size: u64, mtime: SystemTime, etag: &str) -> RemoteEntry {
+    RemoteEntry {
+        name: name.to_string(),
+        kind: EntryKind::File,
+        size,
+        mtime,
+        version: Version::from(etag),
+        mode: None,
+        symlink_target: None,
+    }
+}
+
+fn dir_entry(name: &str) -> RemoteEntry {
+    RemoteEntry {
+        name: name.to_string(),
+        kind: EntryKind::Dir,
+        size: 0,
+        mtime: UNIX_EPOCH,
+        version: Version::from(DIR_VERSION),
+        mode: None,
+        symlink_target: None,
+    }
+}
+
+fn precondition_failed(p: &RemotePath) -> ProviderError {
+    ProviderError::PreconditionFailed { path: p.clone() }
+}
+
+fn is_probe(p: &RemotePath) -> bool {
+    p.as_str().split('/').any(|c| c.starts_with(PROBE_PREFIX))
+}
+
+fn random_hex() -> String {
+    let mut b = [0u8; 8];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        // Uniqueness, not secrecy, is what matters here.
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        b = t.to_le_bytes();
+    }
+    hex(&b)
+}
+
+impl S3Provider {
+    /// A provider over `cfg.bucket` under `cfg.prefix`. Nothing is sent yet: an unreachable
+    /// endpoint or a missing bucket shows up as [`ProviderError::Unreachable`] on each call.
+    pub fn new(cfg: S3Config) -> std::result::Result<Self, S3ConfigError> {
+        let trimmed = cfg.prefix.trim_matches('/');
+        let prefix = match RemotePath::parse(trimmed) {
+            Some(p) if p.is_root() => String::new(),
+            Some(p) if !is_probe(&p) => format!("{}/", p.as_str()),
+            _ => return Err(S3ConfigError::Prefix(cfg.prefix.clone())),
+        };
+        if prefix.len() > MAX_KEY_LEN / 2 {
+            return Err(S3ConfigError::Prefix(cfg.prefix.clone()));
+        }
+        let client = Client::new(&cfg)?;
+        Ok(S3Provider {
+            inner: Arc::new(Inner {
+                client,
+                prefix,
+                page_size: None,
+                conditions: tokio::sync::OnceCell::new(),
+                probe_state: AtomicU8::new(PROBE_UNKNOWN),
+            }),
+        })
+    }
+
+    /// Lists in pages of at most `n` keys (S3's default and maximum is 1000); for tests of
+    /// paging.
+    pub fn with_list_page_size(self, n: usize) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|arc| Inner {
+            client: Client {
+                http: arc.client.http.clone(),
+                scheme: arc.client.scheme.clone(),
+                host: arc.client.host.clone(),
+                base_path: arc.client.base_path.clone(),
+                bucket: arc.client.bucket.clone(),
+                path_style: arc.client.path_style,
+                signer: Signer {
+                    access_key: arc.client.signer.access_key.clone(),
+                    secret_key: arc.client.signer.secret_key.clone(),
+                    session_token: arc.client.signer.session_token.clone(),
+                    region: arc.client.signer.region.clone(),
+                },
+                timeout: arc.client.timeout,
+                endpoint: arc.client.endpoint.clone(),
+            },
+            prefix: arc.prefix.clone(),
+            page_size: arc.page_size,
+            conditions: tokio::sync::OnceCell::new(),
+            probe_state: AtomicU8::new(PROBE_UNKNOWN),
+        });
+        S3Provider {
+            inner: Arc::new(Inner {
+                page_size: Some(n.clamp(1, 1000)),
+                ..inner
+            }),
+        }
+    }
+
+    /// The list page size set by [`S3Provider::with_list_page_size`].
+    pub fn list_page_size(&self) -> Option<usize> {
+        self.inner.page_size
+    }
+
+    /// Creates the bucket (in the configured region); an existing bucket of ours is fine. For
+    /// test servers and first-time setup.
+    pub async fn create_bucket(&self) -> Result<()> {
+        let c = &self.inner.client;
+        let mut req = Request::new(Method::PUT, None);
+        if c.signer.region != "us-east-1" {
+            let xml = format!(
+                "<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                 <LocationConstraint>{}</LocationConstraint></CreateBucketConfiguration>",
+                c.signer.region
+            );
+            req.body = Body::Bytes(Bytes::from(xml));
+        }
+        let a = c.call(req).await?;
+        let code = error_body(&a.body).map(|e| e.code).unwrap_or_default();
+        if a.status.is_success() || code == "BucketAlreadyOwnedByYou" {
+            Ok(())
+        } else {
+            Err(c.error(&RemotePath::root(), "create bucket", a.status, &a.body))
+        }
+    }
+
+    /// Every key under the prefix (relative to it, directory markers and probe objects
+    /// included), sorted: the raw view of the tree, for tests and diagnostics.
+    pub async fn object_keys(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .inner
+                .list_raw(&RemotePath::root(), &self.inner.prefix, false, token, None)
+                .await?;
+            out.extend(
+                page.contents
+                    .iter()
+                    .filter_map(|o| o.key.strip_prefix(&self.inner.prefix))
+                    .map(str::to_string),
+            );
+            match page.next_continuation_token {
+                Some(t) if page.is_truncated => token = Some(t),
+                _ => break,
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+impl S3Provider {
+    /// Stores `data` at the key `<prefix><rel_key>` as is, with no checks: what another S3
+    /// tool does (a folder with no marker, a name the drive cannot show). For tests.
+    pub async fn put_raw(&self, rel_key: &str, data: &[u8]) -> Result<()> {
+        let c = &self.inner.client;
+        let key = format!("{}{rel_key}", self.inner.prefix);
+        let mut req = Request::new(Method::PUT, Some(&key));
+        req.body = Body::Bytes(Bytes::copy_from_slice(data));
+        let a = c.call(req).await?;
+        if a.status.is_success() {
+            Ok(())
+        } else {
+            Err(c.error(&RemotePath::root(), "put", a.status, &a.body))
+        }
+    }
+}
+
+impl Inner {
+    fn key(&self, p: &RemotePath) -> String {
+        format!("{}{}", self.prefix, p.as_str())
+    }
+
+    /// The prefix of the keys inside directory `p` (its marker's key).
+    fn dir_prefix(&self, p: &RemotePath) -> String {
+        if p.is_root() {
+            self.prefix.clone()
+        } else {
+            format!("{}{}/", self.prefix, p.as_str())
+        }
+    }
+
+    /// A name the provider can create at `p`.
+    fn check_new_name(&self, p: &RemotePath) -> Result<()> {
+        let invalid = |reason| {
+            Err(ProviderError::InvalidName {
+                name: p.name().to_string(),
+                reason,
+            })
+        };
+        if p.name().len() > MAX_NAME_LEN {
+            return invalid("name too long");
+        }
+        if p.name().starts_with(PROBE_PREFIX) {
+            return invalid("reserved for the provider's probe objects");
+        }
+        // The marker of a directory is one byte longer than the key.
+        if self.dir_prefix(p).len() > MAX_KEY_LEN {
+            return invalid("path too long for an S3 key (1024 bytes)");
+        }
+        Ok(())
+    }
+
+    /// One page of `ListObjectsV2` under `prefix` (keys decoded).
+    async fn list_raw(
+        &self,
+        path: &RemotePath,
+        prefix: &str,
+        delimiter: bool,
+        token: Option<String>,
+        max_keys: Option<usize>,
+    ) -> Result<ListBucketResult> {
+        let mut req = Request::new(Method::GET, None)
+            .query("list-type", "2")
+            .query("encoding-type", "url")
+            .query("prefix", prefix);
+        if delimiter {
+            req = req.query("delimiter", "/");
+        }
+        if let Some(t) = token {
+            req = req.query("continuation-token", t);
+        }
+        if let Some(n) = max_keys {
+            req = req.query("max-keys", n.to_string());
+        }
+        let a = self.client.call(req).await?;
+        if !a.status.is_success() {
+            return Err(self.client.error(path, "list", a.status, &a.body));
+        }
+        let mut page: ListBucketResult = xml(&a.body, "list")?;
+        if page.encoding_type.as_deref() == Some("url") {
+            let bad = || ProviderError::Other {
+                message: format!("S3 list {path}: a key is not valid percent-encoded UTF-8"),
+                retryable: false,
+            };
+            for o in &mut page.contents {
+                o.key = url_decode(&o.key).ok_or_else(bad)?;
+            }
+            for c in &mut page.common_prefixes {
+                c.prefix = url_decode(&c.prefix).ok_or_else(bad)?;
+            }
+        }
+        Ok(page)
+    }
+
+    /// `HEAD` of the file at `p`; `None` when there is no such key.
+    async fn head(&self, p: &RemotePath) -> Result<Option<Head>> {
+        if p.is_root() || is_probe(p) {
+            return Ok(None);
+        }
+        let key = self.key(p);
+        let a = self
+            .client
+            .call(Request::new(Method::HEAD, Some(&key)))
+            .await?;
+        match a.status.as_u16() {
+            200 => {
+                let etag =
+                    a.header("etag")
+                        .map(normalize_etag)
+                        .ok_or_else(|| ProviderError::Other {
+                            message: format!("S3 head {p}: no ETag in the answer"),
+                            retryable: false,
+                        })?;
+                let size = a
+                    .header("content-length")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                let mtime = a
+                    .header("last-modified")
+                    .and_then(parse_http_date)
+                    .unwrap_or(UNIX_EPOCH);
+                Ok(Some(Head { etag, size, mtime }))
+            }
+            404 => Ok(None),
+            _ => Err(self.client.error(p, "head", a.status, &a.body)),
+        }
+    }
+
+    /// Whether any key lies under `p/` (its marker included). Fails with `Unreachable` when
+    /// the bucket is missing, which is what makes a `NotFound` trustworthy.
+    async fn dir_exists(&self, p: &RemotePath) -> Result<bool> {
+        let page = self
+            .list_raw(p, &self.dir_prefix(p), false, None, Some(1))
+            .await?;
+        Ok(!page.contents.is_empty() || !page.common_prefixes.is_empty())
+    }
+
+    async fn stat_opt(&self, p: &RemotePath) -> Result<Option<RemoteEntry>> {
+        if p.is_root() {
+            // Lists one key to tell a missing bucket from an empty one.
+            self.dir_exists(p).await?;
+            return Ok(Some(dir_entry("")));
+        }
+        if is_probe(p) {
+            return Ok(None);
+        }
+        if let Some(h) = self.head(p).await? {
+            return Ok(Some(file_entry(p.name(), h.size, h.mtime, &h.etag)));
+        }
+        Ok(self.dir_exists(p).await?.then(|| dir_entry(p.name())))
+    }
+
+    /// The parent of `p` must be a directory: `NotFound` / `NotADirectory` name the parent.
+    async fn check_parent(&self, p: &RemotePath) -> Result<()> {
+        let Some(parent) = p.parent().filter(|q| !q.is_root()) else {
+            return Ok(());
+        };
+        match self.stat_opt(&parent).await? {
+            Some(e) if e.kind == EntryKind::Dir => Ok(()),
+            Some(_) => Err(ProviderError::NotADirectory(parent)),
+            None => Err(ProviderError::NotFound(parent)),
+        }
+    }
+
+    /// The conditional headers the server honours, probed once.
+    async fn conditions(&self) -> Result<Conditions> {
+        self.conditions
+            .get_or_try_init(|| async {
+                let c = self.probe().await?;
+                tracing::debug!(?c, "s3 conditional write probe");
+                if !(c.if_none_match && c.if_match) {
+                    tracing::warn!(
+                        bucket = %self.client.bucket,
+                        "the S3 server ignores conditional PUT headers ({c:?}): \
+                         preconditions fall back to a check just before each write"
+                    );
+                }
+                let state = if c.if_none_match && c.if_match {
+                    PROBE_HONOURED
+                } else {
+                    PROBE_IGNORED
+                };
+                self.probe_state.store(state, Ordering::Relaxed);
+                Ok(c)
+            })
+            .await
+            .copied()
+    }
+
+    async fn probe(&self) -> Result<Conditions> {
+        let path = RemotePath::root();
+        let key = format!("{}{PROBE_PREFIX}{}", self.prefix, random_hex());
+        let put = |header: Option<(&'static str, &'static str)>| {
+            let mut req = Request::new(Method::PUT, Some(&key))
+                .header("content-md5", base64(&Md5::digest(b"probe")));
+            if let Some((k, v)) = header {
+                req = req.header(k, v);
+            }
+            req.body = Body::Bytes(Bytes::from_static(b"probe"));
+            self.client.call(req)
+        };
+        let first = put(Some(("if-none-match", "*"))).await?;
+        let result = async {
+            if !first.status.is_success() {
+                return Err(self.client.error(&path, "probe", first.status, &first.body));
+            }
+            let second = put(Some(("if-none-match", "*"))).await?;
+            let if_none_match = match second.status.as_u16() {
+                412 | 409 => true,
+                s if (200..300).contains(&s) || s == 501 || s == 400 => false,
+                _ => {
+                    return Err(self
+                        .client
+                        .error(&path, "probe", second.status, &second.body))
+                }
+            };
+            let third = put(Some(("if-match", "\"syncoxide-no-such-etag\""))).await?;
+            let if_match = match third.status.as_u16() {
+                412 | 409 => true,
+                s if (200..300).contains(&s) || s == 501 || s == 400 => false,
+                _ => return Err(self.client.error(&path, "probe", third.status, &third.body)),
+            };
+            Ok(Conditions {
+                if_none_match,
+                if_match,
+            })
+        }
+        .await;
+        // Best effort: a probe object left behind is hidden anyway.
+        if let Err(e) = self
+            .client
+            .call(Request::new(Method::DELETE, Some(&key)))
+            .await
+        {
+            tracing::debug!(%e, "s3 probe cleanup failed");
+        }
+        result
+    }
+
+    /// A ranged, conditional `GET` from `start` to `end` (exclusive, `None`: the end of the
+    /// file). `None` when the range starts at or after the end of the file (checked to still be
+    /// at `version`).
+    async fn get_range(
+        &self,
+        p: &RemotePath,
+        version: &Version,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<Option<reqwest::Response>> {
+        let key = self.key(p);
+        let range = match end {
+            Some(end) => format!("bytes={start}-{}", end - 1),
+            None => format!("bytes={start}-"),
+        };
+        let req = Request::new(Method::GET, Some(&key))
+            .header("range", range)
+            .header("if-match", String::from_utf8_lossy(version.as_bytes()));
+        let resp = self.client.send(req).await?;
+        match resp.status().as_u16() {
+            200 | 206 => {
+                let etag = resp
+                    .headers()
+                    .get("etag")
+                    .and_then(|v| v.to_str().ok())
+                    .map(normalize_etag);
+                if etag.as_deref().map(str::as_bytes) != Some(version.as_bytes()) {
+                    return Err(precondition_failed(p));
+                }
+                if resp.status().as_u16() == 200 && start > 0 {
+                    // A server that ignores Range: only a full body from 0 is usable as is.
+                    return Err(ProviderError::Other {
+                        message: format!("S3 read {p}: the server ignored the Range header"),
+                        retryable: false,
+                    });
+                }
+                Ok(Some(resp))
+            }
+            status => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let body = tokio::time::timeout(self.client.timeout, resp.bytes())
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .unwrap_or_default();
+                match status.as_u16() {
+                    412 => Err(precondition_failed(p)),
+                    416 => match self.head(p).await? {
+                        Some(h) if h.etag.as_bytes() == version.as_bytes() => Ok(None),
+                        Some(_) => Err(precondition_failed(p)),
+                        None => Err(ProviderError::NotFound(p.clone())),
+                    },
+                    404 => match self.client.error(p, "read", status, &body) {
+                        ProviderError::NotFound(_) if self.dir_exists(p).await? => {
+                            Err(ProviderError::IsADirectory(p.clone()))
+                        }
+                        e => Err(e),
+                    },
+                    _ => Err(self.client.error(p, "read", status, &body)),
+                }
+            }
+        }
+    }
+
+    /// Copies `from_key` to `to_key` if the source is still at `etag`; the copy's ETag.
+    async fn copy(
+        &self,
+        path: &RemotePath,
+        from_key: &str,
+        to_key: &str,
+        etag: &str,
+    ) -> Result<String> {
+        let source = uri_encode(&format!("{}/{from_key}", self.client.bucket), false);
+        let req = Request::new(Method::PUT, Some(to_key))
+            .header("x-amz-copy-source", source)
+            .header("x-amz-copy-source-if-match", etag);
+        let a = self.client.call(req).await?;
+        if !a.status.is_success() {
+            return Err(match a.status.as_u16() {
+                412 => precondition_failed(path),
+                404 => match self.client.error(path, "copy", a.status, &a.body) {
+                    ProviderError::NotFound(_) => precondition_failed(path),
+                    e => e,
+                },
+                _ => self.client.error(path, "copy", a.status, &a.body),
+            });
+        }
+        // A copy can fail after its 200 header was sent: the body is then an error document.
+        if error_body(&a.body).is_some() {
+            return Err(self.client.error(
+                path,
+                "copy",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &a.body,
+            ));
+        }
+        let result: CopyObjectResult = xml(&a.body, "copy")?;
+        let copied = normalize_etag(&result.etag);
+        // For servers that ignore x-amz-copy-source-if-match: a plain object's copy has the
+        // same ETag, so a different one means the source changed in between.
+        if copied != etag && etag_md5(etag).is_some() {
+            return Err(precondition_failed(path));
+        }
+        Ok(copied)
+    }
+
+    async fn delete_key(&self, path: &RemotePath, key: &str) -> Result<()> {
+        let a = self
+            .client
+            .call(Request::new(Method::DELETE, Some(key)))
+            .await?;
+        if a.status.is_success()
+            || a.status == StatusCode::NOT_FOUND
+                && error_body(&a.body).is_none_or(|e| e.code != "NoSuchBucket")
+        {
+            Ok(())
+        } else {
+            Err(self.client.error(path, "delete", a.status, &a.body))
+        }
+    }
+
+    /// Every object under `prefix` (no delimiter): relative key → ETag.
+    async fn all_under(&self, path: &RemotePath, prefix: &str) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self.list_raw(path, prefix, false, token, None).await?;
+            for o in page.contents {
+                if let Some(rel) = o.key.strip_prefix(prefix) {
+                    out.push((rel.to_string(), normalize_etag(&o.etag)));
+                }
+            }
+            match page.next_continuation_token {
+                Some(t) if page.is_truncated => token = Some(t),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn rename_dir(
+        &self,
+        from: &RemotePath,
+        to: &RemotePath,
+        replace: bool,
+    ) -> Result<RemoteEntry> {
+        let src_prefix = self.dir_prefix(from);
+        let dst_prefix = self.dir_prefix(to);
+        let src = self.all_under(from, &src_prefix).await?;
+        let dst = self.all_under(to, &dst_prefix).await?;
+        let src_map: std::collections::HashMap<&str, &str> =
+            src.iter().map(|(k, e)| (k.as_str(), e.as_str())).collect();
+        // An earlier attempt that stopped while copying: no marker yet, only same-ETag copies.
+        let resumed = !dst.is_empty()
+            && dst
+                .iter()
+                .all(|(k, e)| !k.is_empty() && src_map.get(k.as_str()) == Some(&e.as_str()));
+        if !dst.is_empty() && !resumed {
+            if !replace {
+                return Err(ProviderError::AlreadyExists(to.clone()));
+            }
+            if dst.iter().any(|(k, _)| !k.is_empty()) {
+                return Err(ProviderError::NotEmpty(to.clone()));
+            }
+        }
+        let dst_map: std::collections::HashMap<&str, &str> =
+            dst.iter().map(|(k, e)| (k.as_str(), e.as_str())).collect();
+        // Children first, the marker (the empty relative key) last, so that the target has a
+        // marker only once everything is there.
+        let mut order: Vec<(String, String)> = src.clone();
+        order.sort_by_key(|(k, _)| k.is_empty());
+        let copies: Vec<(String, String, String)> = order
+            .iter()
+            .filter(|(k, e)| k.is_empty() || dst_map.get(k.as_str()) != Some(&e.as_str()))
+            .map(|(k, e)| {
+                (
+                    format!("{src_prefix}{k}"),
+                    format!("{dst_prefix}{k}"),
+                    e.clone(),
+                )
+            })
+            .collect();
+        let deletes: Vec<String> = order
+            .iter()
+            .map(|(k, _)| format!("{src_prefix}{k}"))
+            .collect();
+        let mut copying = futures::stream::iter(
+            copies
+                .into_iter()
+                .map(|(f, t, e)| async move { self.copy(from, &f, &t, &e).await }),
+        )
+        .buffered(4);
+        while let Some(r) = copying.next().await {
+            r?;
+        }
+        drop(copying);
+        let mut deleting = futures::stream::iter(
+            deletes
+                .into_iter()
+                .map(|key| async move { self.delete_key(from, &key).await }),
+        )
+        .buffered(4);
+        while let Some(r) = deleting.next().await {
+            r?;
+        }
+        Ok(dir_entry(to.name()))
+    }
+}
+
+/// The state of a read stream (see [`Provider::read`] for S3).
+struct ReadState {
+    inner: Arc<Inner>,
+    path: RemotePath,
+    version: Version,
+    /// Next byte to deliver.
+    pos: u64,
+    /// End of the range (exclusive), if bounded.
+    end: Option<u64>,
+    body: Option<futures::stream::BoxStream<'static, reqwest::Result<Bytes>>>,
+    resumes_left: u32,
+    done: bool,
+}
+
+impl ReadState {
+    async fn next(mut self) -> Option<(Result<Bytes>, ReadState)> {
+        loop {
+            if self.done || self.end.is_some_and(|e| self.pos >= e) {
+                return None;
+            }
+            let Some(body) = self.body.as_mut() else {
+                match self
+                    .inner
+                    .get_range(&self.path, &self.version, self.pos, self.end)
+                    .await
+                {
+                    Ok(Some(resp)) => {
+                        self.body = Some(resp.bytes_stream().boxed());
+                        continue;
+                    }
+                    Ok(None) => return None,
+                    Err(e) => {
+                        self.done = true;
+                        return Some((Err(e), self));
+                    }
+                }
+            };
+            let failure = match tokio::time::timeout(self.inner.client.timeout, body.next()).await {
+                Ok(Some(Ok(mut b))) => {
+                    if let Some(end) = self.end {
+                        let room = end - self.pos;
+                        if b.len() as u64 > room {
+                            b.truncate(room as usize);
+                        }
+                    }
+                    if b.is_empty() {
+                        continue;
+                    }
+                    self.pos += b.len() as u64;
+                    return Some((Ok(b), self));
+                }
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => self.inner.client.transport_error(&e),
+                Err(_) => ProviderError::TimedOut,
+            };
+            self.body = None;
+            if self.resumes_left == 0 {
+                self.done = true;
+                return Some((Err(failure), self));
+            }
+            self.resumes_left -= 1;
+            tracing::debug!(path = %self.path, pos = self.pos, %failure, "s3 read resumed");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for S3Provider {
+    fn describe(&self) -> String {
+        let c = &self.inner.client;
+        format!(
+            "s3://{}/{} ({})",
+            c.bucket,
+            self.inner.prefix.trim_end_matches('/'),
+            c.endpoint
+        )
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            rename: false,
+            conditional_write: self.inner.probe_state.load(Ordering::Relaxed) != PROBE_IGNORED,
+            symlinks: false,
+            attrs: false,
+            max_name_len: MAX_NAME_LEN,
+        }
+    }
+
+    async fn stat(&self, path: &RemotePath) -> Result<RemoteEntry> {
+        tracing::debug!(%path, "s3 stat");
+        self.inner
+            .stat_opt(path)
+            .await?
+            .ok_or_else(|| ProviderError::NotFound(path.clone()))
+    }
+
+    async fn list(&self, dir: &RemotePath, page: Option<String>) -> Result<ListPage> {
+        tracing::debug!(%dir, ?page, "s3 list");
+        let inner = &self.inner;
+        let prefix = inner.dir_prefix(dir);
+        let first = page.is_none();
+        let got = inner
+            .list_raw(dir, &prefix, true, page, inner.page_size)
+            .await?;
+        let mut entries = Vec::new();
+        let mut marker = false;
+        for o in &got.contents {
+            let Some(name) = o.key.strip_prefix(&prefix) else {
+                continue;
+            };
+            if name.is_empty() {
+                marker = true;
+                continue;
+            }
+            if !super::valid_component(name) || name.starts_with(PROBE_PREFIX) {
+                continue;
+            }
+            let mtime = parse_iso8601(&o.last_modified).unwrap_or(UNIX_EPOCH);
+            entries.push(file_entry(name, o.size, mtime, &normalize_etag(&o.etag)));
+        }
+        for cp in &got.common_prefixes {
+            let Some(name) = cp
+                .prefix
+                .strip_prefix(&prefix)
+                .and_then(|n| n.strip_suffix('/'))
+            else {
+                continue;
+            };
+            if !super::valid_component(name) || name.starts_with(PROBE_PREFIX) {
+                if !name.starts_with(PROBE_PREFIX) {
+                    tracing::warn!(%dir, name, "s3 list: skipping a prefix that is not a valid name");
+                }
+                continue;
+            }
+            entries.push(dir_entry(name));
+        }
+        let next = got.next_continuation_token.filter(|_| got.is_truncated);
+        if first
+            && next.is_none()
+            && !dir.is_root()
+            && !marker
+            && got.contents.is_empty()
+            && got.common_prefixes.is_empty()
+        {
+            // Nothing under `dir/`: a file, or nothing at all.
+            return Err(match inner.head(dir).await? {
+                Some(_) => ProviderError::NotADirectory(dir.clone()),
+                None => ProviderError::NotFound(dir.clone()),
+            });
+        }
+        Ok(ListPage { entries, next })
+    }
+
+    async fn read(
+        &self,
+        path: &RemotePath,
+        version: &Version,
+        offset: u64,
+        len: u64,
+    ) -> Result<ByteStream> {
+        tracing::debug!(%path, offset, len, "s3 read");
+        let inner = &self.inner;
+        if path.is_root() {
+            return Err(ProviderError::IsADirectory(path.clone()));
+        }
+        if is_probe(path) {
+            return Err(ProviderError::NotFound(path.clone()));
+        }
+        if len == 0 {
+            return match inner.stat_opt(path).await? {
+                Some(e) if e.kind == EntryKind::Dir => {
+                    Err(ProviderError::IsADirectory(path.clone()))
+                }
+                Some(e) if &e.version == version => Ok(Box::pin(futures::stream::empty())),
+                Some(_) => Err(precondition_failed(path)),
+                None => Err(ProviderError::NotFound(path.clone())),
+            };
+        }
+        // Ranges past 2^63 are as good as "to the end".
+        let end = offset.checked_add(len).filter(|e| *e <= i64::MAX as u64);
+        let Some(resp) = inner.get_range(path, version, offset, end).await? else {
+            return Ok(Box::pin(futures::stream::empty()));
+        };
+        let state = ReadState {
+            inner: Arc::clone(inner),
+            path: path.clone(),
+            version: version.clone(),
+            pos: offset,
+            end,
+            body: Some(resp.bytes_stream().boxed()),
+            resumes_left: READ_RESUMES,
+            done: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(state, ReadState::next)))
+    }
+
+    async fn write(
+        &self,
+        path: &RemotePath,
+        body: ByteStream,
+        len: u64,
+        pre: Precondition,
+        _attrs: ObjectAttrs,
+    ) -> Result<RemoteEntry> {
+        tracing::debug!(%path, len, ?pre, "s3 write");
+        let inner = &self.inner;
+        if path.is_root() {
+            return Err(ProviderError::IsADirectory(path.clone()));
+        }
+        inner.check_new_name(path)?;
+        if len > MAX_PUT {
+            return Err(ProviderError::NotSupported(
+                "files larger than 5 GiB on S3 (multipart upload)",
+            ));
+        }
+        let (parent, dir_here) = futures::join!(inner.check_parent(path), inner.dir_exists(path));
+        parent?;
+        if dir_here? {
+            return Err(match pre {
+                Precondition::IfNotExists => ProviderError::AlreadyExists(path.clone()),
+                _ => ProviderError::IsADirectory(path.clone()),
+            });
+        }
+        let key = inner.key(path);
+        let mut req = Request::new(Method::PUT, Some(&key));
+        match &pre {
+            Precondition::None => {}
+            Precondition::IfMatch(v) => {
+                if inner.conditions().await?.if_match {
+                    req = req.header("if-match", String::from_utf8_lossy(v.as_bytes()));
+                } else {
+                    match inner.head(path).await? {
+                        Some(h) if h.etag.as_bytes() == v.as_bytes() => {}
+                        _ => return Err(precondition_failed(path)),
+                    }
+                }
+            }
+            Precondition::IfNotExists => {
+                if inner.conditions().await?.if_none_match {
+                    req = req.header("if-none-match", "*");
+                } else if inner.head(path).await?.is_some() {
+                    return Err(ProviderError::AlreadyExists(path.clone()));
+                }
+            }
+        }
+        let state = Arc::new(Mutex::new(BodyState::default()));
+        if len <= SMALL_BODY {
+            let data = collect_exact(path, body, len).await?;
+            req = req.header("content-md5", base64(&Md5::digest(&data)));
+            req.body = Body::Bytes(data);
+        } else {
+            state.lock().unwrap_or_else(|e| e.into_inner()).md5 = Some(Md5::new());
+            let progress = Arc::new(Progress::new());
+            let checked = CheckedBody {
+                inner: body,
+                len,
+                path: path.clone(),
+                state: Arc::clone(&state),
+                progress: Arc::clone(&progress),
+                finished: false,
+            };
+            req.body = Body::Stream {
+                body: reqwest::Body::wrap_stream(checked),
+                len,
+                progress,
+            };
+        }
+        let sent = inner.client.call(req).await;
+        // The body's own failure (the source's error, a wrong length) explains a failed send.
+        if let Some(e) = state.lock().unwrap_or_else(|e| e.into_inner()).error.take() {
+            return Err(e);
+        }
+        let a = sent?;
+        if !a.status.is_success() {
+            return Err(match (a.status.as_u16(), &pre) {
+                (412 | 409, Precondition::IfNotExists) => {
+                    ProviderError::AlreadyExists(path.clone())
+                }
+                (412 | 409, _) => precondition_failed(path),
+                (404, Precondition::IfMatch(_)) => {
+                    match inner.client.error(path, "write", a.status, &a.body) {
+                        ProviderError::NotFound(_) => precondition_failed(path),
+                        e => e,
+                    }
+                }
+                _ => inner.client.error(path, "write", a.status, &a.body),
+            });
+        }
+        let etag = a
+            .header("etag")
+            .map(normalize_etag)
+            .ok_or_else(|| ProviderError::Other {
+                message: format!("S3 write {path}: no ETag in the answer"),
+                retryable: false,
+            })?;
+        let digest = state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .digest
+            .take();
+        if let (Some(d), Some(server)) = (digest, etag_md5(&etag)) {
+            if !server.eq_ignore_ascii_case(&hex(&d)) {
+                return Err(ProviderError::Other {
+                    message: format!(
+                        "S3 write {path}: integrity check failed: the server stored MD5 {server}, \
+                         {} was sent",
+                        hex(&d)
+                    ),
+                    retryable: true,
+                });
+            }
+        }
+        // The server's time of the new object, so that the entry equals a later `stat`.
+        let mtime = match inner.head(path).await {
+            Ok(Some(h)) if h.etag == etag => h.mtime,
+            _ => now_secs(),
+        };
+        Ok(file_entry(path.name(), len, mtime, &etag))
+    }
+
+    async fn delete(&self, path: &RemotePath, pre: Precondition) -> Result<()> {
+        tracing::debug!(%path, ?pre, "s3 delete");
+        let inner = &self.inner;
+        if path.is_root() {
+            return Err(ProviderError::IsADirectory(path.clone()));
+        }
+        let Some(h) = inner.head(path).await? else {
+            return Err(if inner.dir_exists(path).await? {
+                ProviderError::IsADirectory(path.clone())
+            } else {
+                ProviderError::NotFound(path.clone())
+            });
+        };
+        match pre {
+            Precondition::None => {}
+            Precondition::IfMatch(v) if v.as_bytes() == h.etag.as_bytes() => {}
+            Precondition::IfMatch(_) | Precondition::IfNotExists => {
+                return Err(precondition_failed(path))
+            }
+        }
+        inner.delete_key(path, &inner.key(path)).await
+    }
+
+    async fn mkdir(&self, path: &RemotePath) -> Result<RemoteEntry> {
+        tracing::debug!(%path, "s3 mkdir");
+        let inner = &self.inner;
+        if path.is_root() {
+            return Err(ProviderError::AlreadyExists(path.clone()));
+        }
+        inner.check_new_name(path)?;
+        let (file, dir) = futures::join!(inner.head(path), inner.dir_exists(path));
+        if file?.is_some() || dir? {
+            return Err(ProviderError::AlreadyExists(path.clone()));
+        }
+        inner.check_parent(path).await?;
+        let marker = inner.dir_prefix(path);
+        let mut req = Request::new(Method::PUT, Some(&marker))
+            .header("content-md5", base64(&Md5::digest(b"")));
+        if inner.conditions().await?.if_none_match {
+            req = req.header("if-none-match", "*");
+        }
+        let a = inner.client.call(req).await?;
+        match a.status.as_u16() {
+            s if (200..300).contains(&s) => Ok(dir_entry(path.name())),
+            412 | 409 => Err(ProviderError::AlreadyExists(path.clone())),
+            _ => Err(inner.client.error(path, "mkdir", a.status, &a.body)),
+        }
+    }
+
+    async fn rmdir(&self, path: &RemotePath) -> Result<()> {
+        tracing::debug!(%path, "s3 rmdir");
+        let inner = &self.inner;
+        if path.is_root() {
+            return Err(ProviderError::NotSupported("removing the root folder"));
+        }
+        let marker = inner.dir_prefix(path);
+        let page = inner.list_raw(path, &marker, true, None, Some(2)).await?;
+        let has_marker = page.contents.iter().any(|o| o.key == marker);
+        let others =
+            page.contents.iter().filter(|o| o.key != marker).count() + page.common_prefixes.len();
+        if others > 0 {
+            return Err(ProviderError::NotEmpty(path.clone()));
+        }
+        if has_marker {
+            return inner.delete_key(path, &marker).await;
+        }
+        Err(match inner.head(path).await? {
+            Some(_) => ProviderError::NotADirectory(path.clone()),
+            None => ProviderError::NotFound(path.clone()),
+        })
+    }
+
+    async fn rename(
+        &self,
+        from: &RemotePath,
+        to: &RemotePath,
+        replace: bool,
+    ) -> Result<RemoteEntry> {
+        tracing::debug!(%from, %to, replace, "s3 rename");
+        let inner = &self.inner;
+        if from.is_root() || to.is_root() {
+            return Err(ProviderError::NotSupported(
+                "renaming to or from the root folder",
+            ));
+        }
+        inner.check_new_name(to)?;
+        if to != from && to.starts_with(from) {
+            return Err(ProviderError::InvalidName {
+                name: to.name().to_string(),
+                reason: "cannot move a directory into itself",
+            });
+        }
+        let src = inner
+            .stat_opt(from)
+            .await?
+            .ok_or_else(|| ProviderError::NotFound(from.clone()))?;
+        inner.check_parent(to).await?;
+        if from == to {
+            return Ok(src);
+        }
+        if src.kind == EntryKind::Dir {
+            if let Some(h) = inner.head(to).await? {
+                let _ = h;
+                return Err(if replace {
+                    ProviderError::NotADirectory(to.clone())
+                } else {
+                    ProviderError::AlreadyExists(to.clone())
+                });
+            }
+            return inner.rename_dir(from, to, replace).await;
+        }
+        match inner.stat_opt(to).await? {
+            Some(_) if !replace => return Err(ProviderError::AlreadyExists(to.clone())),
+            Some(e) if e.kind == EntryKind::Dir => {
+                return Err(ProviderError::IsADirectory(to.clone()))
+            }
+            _ => {}
+        }
+        let etag = String::from_utf8_lossy(src.version.as_bytes()).into_owned();
+        let etag = inner
+            .copy(from, &inner.key(from), &inner.key(to), &etag)
+            .await?;
+        inner.delete_key(from, &inner.key(from)).await?;
+        let mtime = match inner.head(to).await {
+            Ok(Some(h)) if h.etag == etag => h.mtime,
+            _ => now_secs(),
+        };
+        Ok(file_entry(to.name(), src.size, mtime, &etag))
+    }
+
+    async fn symlink(&self, path: &RemotePath, _target: &str) -> Result<RemoteEntry> {
+        tracing::debug!(%path, "s3 symlink");
+        Err(ProviderError::NotSupported("symlinks on S3"))
+    }
+
+    async fn set_attrs(&self, path: &RemotePath, attrs: ObjectAttrs) -> Result<RemoteEntry> {
+        tracing::debug!(%path, ?attrs, "s3 set_attrs");
+        if self.inner.stat_opt(path).await?.is_none() {
+            return Err(ProviderError::NotFound(path.clone()));
+        }
+        Err(ProviderError::NotSupported(
+            "permission bits and modification times on S3",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example_signer() -> Signer {
+        Signer {
+            access_key: "AKIAIOSFODNN7EXAMPLE".into(),
+            secret_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
+            session_token: None,
+            region: "us-east-1".into(),
+        }
+    }
+
+    /// The "GET Object" example of the SigV4 documentation (first 10 bytes of test.txt).
+    #[test]
+    fn sigv4_get_object_example() {
+        let headers = vec![
+            (
+                "host".to_string(),
+                "examplebucket.s3.amazonaws.com".to_string(),
+            ),
+            ("range".to_string(), "bytes=0-9".to_string()),
+            ("x-amz-content-sha256".to_string(), EMPTY_SHA256.to_string()),
+            ("x-amz-date".to_string(), "20130524T000000Z".to_string()),
+        ];
+        let auth = example_signer().authorization(
+            "GET",
+            "/test.txt",
+            "",
+            &headers,
+            EMPTY_SHA256,
+            "20130524T000000Z",
+        );
+        assert_eq!(
+            auth,
+            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,\
+             SignedHeaders=host;range;x-amz-content-sha256;x-amz-date,\
+             Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
+        );
+    }
+
+    /// The "GET Bucket (List Objects)" example of the SigV4 documentation (a query string).
+    #[test]
+    fn sigv4_list_objects_example() {
+        let headers = vec![
+            (
+                "host".to_string(),
+                "examplebucket.s3.amazonaws.com".to_string(),
+            ),
+            ("x-amz-content-sha256".to_string(), EMPTY_SHA256.to_string()),
+            ("x-amz-date".to_string(), "20130524T000000Z".to_string()),
+        ];
+        let auth = example_signer().authorization(
+            "GET",
+            "/",
+            "max-keys=2&prefix=J",
+            &headers,
+            EMPTY_SHA256,
+            "20130524T000000Z",
+        );
+        assert!(
+            auth.ends_with(
+                "Signature=34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"
+            ),
+            "{auth}"
+        );
+    }
+
+    #[test]
+    fn encodings_and_dates() {
+        assert_eq!(uri_encode("a b/c~d+é", false), "a%20b/c~d%2B%C3%A9");
+        assert_eq!(uri_encode("a/b", true), "a%2Fb");
+        assert_eq!(url_decode("a%20b+c%2B%C3%A9").as_deref(), Some("a b c+é"));
+        assert_eq!(url_decode("bad%2"), None);
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(&Md5::digest(b"")), "1B2M2Y8AsgTpgAmY7PhCfg==");
+        let t = UNIX_EPOCH + Duration::from_secs(1_369_353_600);
+        assert_eq!(amz_date(t), "20130524T000000Z");
+        assert_eq!(parse_iso8601("2013-05-24T00:00:00.000Z"), Some(t));
+        assert_eq!(parse_http_date("Fri, 24 May 2013 00:00:00 GMT"), Some(t));
+        assert_eq!(
+            parse_http_date("Sun, 06 Dec 2026 14:34:03 GMT"),
+            parse_iso8601("2026-12-06T14:34:03Z")
+        );
+        assert_eq!(
+            parse_iso8601("1969-12-31T23:59:59Z"),
+            Some(UNIX_EPOCH - Duration::from_secs(1))
+        );
+        assert_eq!(
+            etag_md5("\"5d41402abc4b2a76b9719d911017c592\""),
+            Some("5d41402abc4b2a76b9719d911017c592")
+        );
+        assert_eq!(etag_md5("\"5d41402abc4b2a76b9719d911017c592-2\""), None);
+        assert_eq!(normalize_etag("abc"), "\"abc\"");
+    }
+
+    #[test]
+    fn debug_and_describe_hide_secrets() {
+        let cfg = S3Config {
+            endpoint: "http://127.0.0.1:9".into(),
+            region: "us-east-1".into(),
+            bucket: "my-bucket".into(),
+            prefix: "/a/b/".into(),
+            path_style: true,
+            access_key: "AKID".into(),
+            secret_key: "TOPSECRET".into(),
+            session_token: Some("TOKENSECRET".into()),
+            request_timeout: Duration::from_secs(5),
+        };
+        assert!(!format!("{cfg:?}").contains("SECRET"));
+        let p = S3Provider::new(cfg.clone()).unwrap();
+        assert!(!format!("{p:?}").contains("SECRET"));
+        assert_eq!(p.describe(), "s3://my-bucket/a/b (http://127.0.0.1:9)");
+        assert!(S3Provider::new(S3Config {
+            bucket: "No_Such".into(),
+            ..cfg.clone()
+        })
+        .is_err());
+        assert!(S3Provider::new(S3Config {
+            prefix: "a/../b".into(),
+            ..cfg.clone()
+        })
+        .is_err());
+        assert!(S3Provider::new(S3Config {
+            endpoint: "ftp://x".into(),
+            ..cfg
+        })
+        .is_err());
+    }
+}
