@@ -26,6 +26,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod servers;
+pub mod webdav_server;
 
 pub use serde_json::Value;
 pub use tempfile::TempDir;

@@ -1,7 +1,7 @@
-//! The provider: where the files really live (a local folder, an S3 bucket, an in-memory store
-//! for tests; WebDAV and SFTP later). One async trait, versions opaque, errors classified so that the core
-//! can tell "not found" from "cannot reach" (a clean cached file is never treated as deleted
-//! because the network is down).
+//! The provider: where the files really live (a local folder, an S3 bucket, a WebDAV folder,
+//! an in-memory store for tests; SFTP later). One async trait, versions opaque, errors
+//! classified so that the core can tell "not found" from "cannot reach" (a clean cached file is
+//! never treated as deleted because the network is down).
 //!
 //! Paths are [`RemotePath`]s: relative to the remote root, `/`-separated, never `.`/`..`.
 
@@ -9,6 +9,7 @@ pub mod faulty;
 pub mod local;
 pub mod memory;
 pub mod s3;
+pub mod webdav;
 
 use std::fmt;
 use std::pin::Pin;

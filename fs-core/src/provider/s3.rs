@@ -156,7 +156,7 @@ pub enum S3ConfigError {
 
 /// Percent-encodes `s` as SigV4 wants it: every byte but `A-Za-z0-9-._~` (and `/` unless
 /// `encode_slash`).
-fn uri_encode(s: &str, encode_slash: bool) -> String {
+pub(crate) fn uri_encode(s: &str, encode_slash: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for &b in s.as_bytes() {
         match b {
@@ -300,7 +300,7 @@ fn parse_iso8601(s: &str) -> Option<SystemTime> {
 }
 
 /// `Sun, 06 Dec 2026 14:34:03 GMT` (the `Last-Modified` header).
-fn parse_http_date(s: &str) -> Option<SystemTime> {
+pub(crate) fn parse_http_date(s: &str) -> Option<SystemTime> {
     let mut it = s.split_whitespace().skip(1);
     let d = it.next()?.parse().ok()?;
     let m = match it.next()? {
@@ -539,7 +539,7 @@ impl Answer {
 
 /// When the HTTP stack last asked an upload body for more, so that a server that stops taking
 /// bytes is noticed (a slow *source* is not the server's fault and is not counted).
-struct Progress {
+pub(crate) struct Progress {
     start: Instant,
     /// Milliseconds since `start` of the last poll, or of the body's end.
     last_ms: AtomicU64,
@@ -548,7 +548,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Progress {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
@@ -560,7 +560,7 @@ impl Progress {
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
     /// Resolves once the HTTP stack has not asked for more for `timeout`.
-    async fn stalled(&self, timeout: Duration) {
+    pub(crate) async fn stalled(&self, timeout: Duration) {
         let tick = (timeout / 4).max(Duration::from_millis(10));
         loop {
             tokio::time::sleep(tick).await;
@@ -848,28 +848,28 @@ impl Client {
 
 /// What a [`CheckedBody`] saw.
 #[derive(Default)]
-struct BodyState {
+pub(crate) struct BodyState {
     sent: u64,
     md5: Option<Md5>,
     digest: Option<Vec<u8>>,
     /// Why the body was aborted: the source's error, or a length mismatch.
-    error: Option<ProviderError>,
+    pub(crate) error: Option<ProviderError>,
 }
 
 /// The error handed to the HTTP stack to abort an upload (the real one is in [`BodyState`]).
 #[derive(Debug, thiserror::Error)]
 #[error("upload body aborted")]
-struct BodyAborted;
+pub(crate) struct BodyAborted;
 
 /// Streams a [`ByteStream`] into a request body: exactly `len` bytes or the request is aborted
 /// (so the server never stores a partial object), computing the MD5 on the way.
-struct CheckedBody {
-    inner: ByteStream,
-    len: u64,
-    path: RemotePath,
-    state: Arc<Mutex<BodyState>>,
-    progress: Arc<Progress>,
-    finished: bool,
+pub(crate) struct CheckedBody {
+    pub(crate) inner: ByteStream,
+    pub(crate) len: u64,
+    pub(crate) path: RemotePath,
+    pub(crate) state: Arc<Mutex<BodyState>>,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) finished: bool,
 }
 
 impl CheckedBody {
@@ -943,7 +943,11 @@ impl Stream for CheckedBody {
 }
 
 /// Gathers a small body, exactly `len` bytes.
-async fn collect_exact(path: &RemotePath, mut body: ByteStream, len: u64) -> Result<Bytes> {
+pub(crate) async fn collect_exact(
+    path: &RemotePath,
+    mut body: ByteStream,
+    len: u64,
+) -> Result<Bytes> {
     let mut data = Vec::with_capacity(len as usize);
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;
