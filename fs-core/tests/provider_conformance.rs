@@ -211,7 +211,10 @@ impl Backing for S3 {
     }
     fn exists(&self, path: &str) -> bool {
         let dir = format!("{path}/");
-        self.keys().iter().any(|k| k == path || k.starts_with(&dir))
+        let link = format!("{path}{}", fs_core::provider::s3::LINK_SUFFIX);
+        self.keys()
+            .iter()
+            .any(|k| k == path || *k == link || k.starts_with(&dir))
     }
     fn raw_names(&self, dir: &str) -> Vec<String> {
         let prefix = if dir.is_empty() {
@@ -237,7 +240,7 @@ impl Backing for S3 {
         self.provider.list_page_size()
     }
     fn capabilities(&self) -> (bool, bool, bool) {
-        (false, false, false)
+        (false, true, false)
     }
 }
 
@@ -1727,7 +1730,7 @@ async fn s3_folders_without_markers_and_keys_outside_the_tree() {
     assert_eq!(p.stat(&rp("a/b")).await.unwrap().kind, EntryKind::Dir);
     let f = p.stat(&rp("a/b/c.txt")).await.unwrap();
     assert_eq!(read_all(p, "a/b/c.txt", &f.version).await, b"deep");
-    // A marker-less folder is removed with its last file; a rename moves everything.
+    // A rename moves everything; the last file of a marker-less folder leaves the folder.
     p.rename(&rp("a"), &rp("z"), false).await.unwrap();
     assert!(!h.exists("a"));
     assert_eq!(h.file("z/b/c.txt").unwrap(), b"deep");
@@ -1735,10 +1738,9 @@ async fn s3_folders_without_markers_and_keys_outside_the_tree() {
     p.delete(&rp("z/b/c.txt"), Precondition::None)
         .await
         .unwrap();
-    assert_eq!(
-        p.stat(&rp("z/b")).await.unwrap_err(),
-        ProviderError::NotFound(rp("z/b"))
-    );
+    // Its folder stays, as on a disk: the marker was written first.
+    assert_eq!(p.stat(&rp("z/b")).await.unwrap().kind, EntryKind::Dir);
+    assert!(h.keys().contains(&"z/b/".to_string()));
     // The key outside the prefix was never touched.
     assert_eq!(
         outside
@@ -2290,4 +2292,36 @@ async fn webdav_directory_replaces_only_an_empty_directory() {
     assert_eq!(h.file("empty/x").unwrap(), b"x");
     assert!(!h.exists("a"));
     assert_eq!(p.stat(&rp("empty")).await.unwrap(), e);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_symlinks_are_rclone_link_objects() {
+    let h = S3::new("links", None).await;
+    let p = &h.provider;
+    // Made by `rclone --links`: a link object whose body is the target.
+    h.raw
+        .put_raw("made-by-rclone.rclonelink", b"some/target")
+        .await
+        .unwrap();
+    let e = p.stat(&rp("made-by-rclone")).await.unwrap();
+    assert_eq!(e.kind, EntryKind::Symlink);
+    assert_eq!(e.symlink_target.as_deref(), Some("some/target"));
+    assert_eq!(list_all(&h, "").await, vec![e]);
+    // Ours are the same objects.
+    p.symlink(&rp("mine"), "../up").await.unwrap();
+    assert!(h.keys().contains(&"mine.rclonelink".to_string()));
+    assert_eq!(h.file("mine.rclonelink"), None, "not shown as a file");
+    // A file written over a link replaces it; a link renamed over a file replaces the file.
+    put(p, "mine", b"now a file").await;
+    assert_eq!(p.stat(&rp("mine")).await.unwrap().kind, EntryKind::File);
+    assert!(!h.keys().contains(&"mine.rclonelink".to_string()));
+    p.rename(&rp("made-by-rclone"), &rp("mine"), true)
+        .await
+        .unwrap();
+    let e = p.stat(&rp("mine")).await.unwrap();
+    assert_eq!(e.symlink_target.as_deref(), Some("some/target"));
+    assert_eq!(h.keys(), ["mine.rclonelink"]);
+    // The suffix is not a name one can use.
+    let err = p.mkdir(&rp("x.rclonelink")).await.unwrap_err();
+    assert!(matches!(err, ProviderError::InvalidName { .. }), "{err:?}");
 }

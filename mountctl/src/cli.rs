@@ -18,9 +18,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Mount REMOTE (a local folder for now) on MOUNTPOINT. Returns once the mount is live; the
-    /// mount keeps running in the background until `mountctl unmount MOUNTPOINT`.
-    Mount(MountArgs),
+    /// Mount REMOTE (a local folder or s3://BUCKET[/PREFIX]) on MOUNTPOINT. Returns once the
+    /// mount is live; the mount keeps running in the background until `mountctl unmount
+    /// MOUNTPOINT`.
+    Mount(Box<MountArgs>),
     /// Upload everything queued, then unmount and stop the mount's process. Exit code 1 if the
     /// provider could not be reached: the drive is unmounted all the same, and what stays
     /// queued in the cache's write-ahead log is uploaded by the next mount of that cache.
@@ -113,7 +114,9 @@ pub enum CacheCommand {
 
 #[derive(Args, Debug, Clone)]
 pub struct MountArgs {
-    /// The remote: a local folder, as a path or a file:// URL.
+    /// The remote: a local folder (a path or a file:// URL), or an S3 bucket,
+    /// s3://BUCKET[/PREFIX] (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the
+    /// AWS profile files).
     pub remote: String,
     /// An existing, empty directory to mount on.
     pub mountpoint: PathBuf,
@@ -160,6 +163,25 @@ pub struct MountArgs {
     /// Uploads and other remote operations in flight at once.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Transfers")]
     pub transfers: u16,
+    /// Deadline of every request to a network remote: connecting, the answer's start, and each
+    /// wait for more of a body.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_duration, help_heading = "Transfers")]
+    pub request_timeout: Duration,
+    /// The S3 endpoint, for S3-compatible servers (e.g. http://127.0.0.1:9000) [default:
+    /// AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else AWS's endpoint of the region].
+    #[arg(long, value_name = "URL", help_heading = "S3")]
+    pub s3_endpoint: Option<String>,
+    /// The S3 region [default: AWS_REGION, AWS_DEFAULT_REGION, the profile's, else us-east-1].
+    #[arg(long, value_name = "REGION", help_heading = "S3")]
+    pub s3_region: Option<String>,
+    /// How the bucket is addressed: path (endpoint/BUCKET/key) or virtual (BUCKET.endpoint/key)
+    /// [default: virtual for AWS, path for other endpoints].
+    #[arg(long, value_name = "STYLE", value_enum, help_heading = "S3")]
+    pub s3_addressing: Option<crate::aws::Addressing>,
+    /// The AWS profile whose credentials (and region) to use [default: AWS_PROFILE, else
+    /// default].
+    #[arg(long, value_name = "NAME", help_heading = "S3")]
+    pub s3_profile: Option<String>,
     /// Mount read-only.
     #[arg(long, help_heading = "Mount")]
     pub read_only: bool,
@@ -250,5 +272,17 @@ pub fn default_cache_dir() -> PathBuf {
     match std::env::var_os("HOME") {
         Some(h) => PathBuf::from(h).join(".cache").join("syncoxide"),
         None => PathBuf::from("/var/tmp/syncoxide-cache"),
+    }
+}
+
+impl MountArgs {
+    /// The S3 settings given on the command line.
+    pub fn s3_options(&self) -> crate::aws::S3Options {
+        crate::aws::S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            addressing: self.s3_addressing,
+            profile: self.s3_profile.clone(),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `mountctl`: the syncoxide command line. Wiring only: it parses, validates, turns arguments into
 //! the libraries' config structs, and prints. Messages say what to fix.
 
+mod aws;
 mod cli;
 mod client;
 mod commands;

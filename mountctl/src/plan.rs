@@ -1,28 +1,95 @@
-//! A mount, checked before anything is created: the remote folder exists, the mount point is an
-//! existing directory that nothing is mounted on, the cache directory can be created or written,
-//! and none of them lies inside another. Each refusal says what to fix.
+//! A mount, checked before anything is created: the remote folder exists (or an S3 remote's
+//! settings and credentials are found), the mount point is an existing directory that nothing
+//! is mounted on, the cache directory can be created or written, and none of them lies inside
+//! another. Each refusal says what to fix.
 
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use fs_core::provider::s3::{S3Config, S3Provider};
 use fs_core::VfsConfig;
 
+use crate::aws::{self, S3Options};
 use crate::cli::MountArgs;
-use crate::remote::{default_cache_dir_for, Remote};
+use crate::remote::{default_cache_dir_for, default_cache_dir_for_s3, Remote};
 use crate::units::duration_arg;
 use crate::{mountinfo, registry};
 
 /// Longest path a unix socket address holds (`sun_path` less its terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
+/// The remote of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlanRemote {
+    /// Canonical remote folder (or its absolute path while it cannot be reached).
+    Local(PathBuf),
+    /// A bucket and prefix; `endpoint` is the resolved endpoint (for the cache's name).
+    S3 {
+        bucket: String,
+        prefix: String,
+        options: S3Options,
+        endpoint: String,
+    },
+}
+
+impl PlanRemote {
+    /// The remote as the user would write it.
+    pub fn display(&self) -> String {
+        match self {
+            PlanRemote::Local(p) => p.display().to_string(),
+            PlanRemote::S3 { bucket, prefix, .. } if prefix.is_empty() => format!("s3://{bucket}"),
+            PlanRemote::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
+        }
+    }
+
+    /// The remote folder, for a local remote.
+    pub fn local(&self) -> Option<&Path> {
+        match self {
+            PlanRemote::Local(p) => Some(p),
+            PlanRemote::S3 { .. } => None,
+        }
+    }
+
+    /// What kind of remote, in the mount's fsname (`local`, `s3`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PlanRemote::Local(_) => "local",
+            PlanRemote::S3 { .. } => "s3",
+        }
+    }
+
+    fn arg(&self) -> OsString {
+        match self {
+            PlanRemote::Local(p) => p.clone().into(),
+            PlanRemote::S3 { .. } => self.display().into(),
+        }
+    }
+}
+
+/// The provider settings of an S3 remote, credentials included, read from the environment and
+/// the AWS files (see [`aws`]).
+pub fn s3_config(
+    bucket: &str,
+    prefix: &str,
+    options: &S3Options,
+    request_timeout: Duration,
+) -> Result<S3Config> {
+    aws::s3_config(
+        bucket,
+        prefix,
+        options,
+        request_timeout,
+        &aws::Sources::process(),
+    )
+}
+
 /// Everything a mount needs, validated, with absolute paths.
 #[derive(Clone, Debug)]
 pub struct MountPlan {
-    /// Canonical remote folder.
-    pub remote: PathBuf,
+    pub remote: PlanRemote,
     /// Canonical mount point.
     pub mountpoint: PathBuf,
     /// Absolute cache directory (may not exist yet).
@@ -38,6 +105,7 @@ pub struct MountPlan {
     pub auto_merge: bool,
     pub offline_timeout: Duration,
     pub transfers: u16,
+    pub request_timeout: Duration,
     pub read_only: bool,
     pub allow_other: bool,
 }
@@ -45,26 +113,21 @@ pub struct MountPlan {
 impl MountPlan {
     /// Checks `args`; creates nothing.
     pub fn check(args: &MountArgs) -> Result<MountPlan> {
-        let Remote::Local(remote) = Remote::parse(&args.remote)?;
-        let remote = match canonical_remote(&remote) {
-            Ok(r) => r,
-            // A remote folder that is gone (an unplugged disk, an unmounted share) is offline,
-            // not empty: a cache that already holds its state mounts from that state.
-            Err(e) if !remote.exists() => {
-                let abs = std::path::absolute(&remote)
-                    .with_context(|| format!("cannot make {} absolute", remote.display()))?;
-                let cache_dir = cache_dir_of(args, &abs)?;
-                if !fs_core::cache::is_cache_dir(&cache_dir) {
-                    return Err(e);
+        let remote = match Remote::parse(&args.remote)? {
+            Remote::Local(folder) => PlanRemote::Local(local_remote(args, &folder)?),
+            Remote::S3 { bucket, prefix } => {
+                let options = args.s3_options();
+                let cfg = s3_config(&bucket, &prefix, &options, args.request_timeout)?;
+                let endpoint = cfg.endpoint.clone();
+                S3Provider::new(cfg)
+                    .map_err(|e| anyhow!("{e}; fix the s3:// URL, --s3-endpoint or --s3-region"))?;
+                PlanRemote::S3 {
+                    bucket,
+                    prefix,
+                    options,
+                    endpoint,
                 }
-                eprintln!(
-                    "mountctl: the remote folder {} cannot be reached; mounting offline from the cache {} (changes queue until it is back)",
-                    abs.display(),
-                    cache_dir.display()
-                );
-                abs
             }
-            Err(e) => return Err(e),
         };
         let mountpoint = canonical_mountpoint(&args.mountpoint)?;
         if let Some(e) =
@@ -73,7 +136,7 @@ impl MountPlan {
             match registry::find(&mountpoint)?.filter(|r| registry::process_alive(r.pid)) {
                 Some(r) => bail!(
                     "{} is already mounted (syncoxide, remote {}, process {}); unmount it first with `mountctl unmount {}`, or choose another mountpoint",
-                    mountpoint.display(), r.remote.display(), r.pid, mountpoint.display()
+                    mountpoint.display(), r.remote, r.pid, mountpoint.display()
                 ),
                 None => bail!(
                     "{} is already a mount point ({} from {}); unmount it first (`mountctl unmount {}` for a syncoxide mount, else umount), or choose another mountpoint",
@@ -81,15 +144,17 @@ impl MountPlan {
                 ),
             }
         }
-        if mountpoint.starts_with(&remote) || remote.starts_with(&mountpoint) {
-            bail!(
-                "the mountpoint {} and the remote folder {} lie inside one another; choose a mountpoint outside the remote folder",
-                mountpoint.display(),
-                remote.display()
-            );
+        if let Some(remote) = remote.local() {
+            if mountpoint.starts_with(remote) || remote.starts_with(&mountpoint) {
+                bail!(
+                    "the mountpoint {} and the remote folder {} lie inside one another; choose a mountpoint outside the remote folder",
+                    mountpoint.display(),
+                    remote.display()
+                );
+            }
         }
         let cache_dir = cache_dir_of(args, &remote)?;
-        check_cache_dir(&cache_dir, &mountpoint, &remote)?;
+        check_cache_dir(&cache_dir, &mountpoint, remote.local())?;
         for (what, p) in [("mountpoint", &mountpoint), ("cache directory", &cache_dir)] {
             if p.to_str().is_none() {
                 bail!(
@@ -113,6 +178,7 @@ impl MountPlan {
             auto_merge: args.auto_merge,
             offline_timeout: args.offline_timeout,
             transfers: args.transfers,
+            request_timeout: args.request_timeout,
             read_only: args.read_only,
             allow_other: args.allow_other,
         })
@@ -162,7 +228,7 @@ impl MountPlan {
     pub fn child_args(&self) -> Vec<OsString> {
         let mut a: Vec<OsString> = vec![
             "mount".into(),
-            self.remote.clone().into(),
+            self.remote.arg(),
             self.mountpoint.clone().into(),
             "--cache-dir".into(),
             self.cache_dir.clone().into(),
@@ -190,7 +256,23 @@ impl MountPlan {
             duration_arg(self.offline_timeout).into(),
             "--transfers".into(),
             self.transfers.to_string().into(),
+            "--request-timeout".into(),
+            duration_arg(self.request_timeout).into(),
         ];
+        if let PlanRemote::S3 { options, .. } = &self.remote {
+            if let Some(e) = &options.endpoint {
+                a.extend(["--s3-endpoint".into(), e.into()]);
+            }
+            if let Some(r) = &options.region {
+                a.extend(["--s3-region".into(), r.into()]);
+            }
+            if let Some(ad) = options.addressing {
+                a.extend(["--s3-addressing".into(), ad.name().into()]);
+            }
+            if let Some(p) = &options.profile {
+                a.extend(["--s3-profile".into(), p.into()]);
+            }
+        }
         if self.auto_merge {
             a.push("--auto-merge".into());
         }
@@ -206,12 +288,46 @@ impl MountPlan {
     }
 }
 
+/// The remote folder, canonical. A folder that cannot be reached (an unplugged disk, an
+/// unmounted share) is offline, not empty: a cache that already holds its state mounts from
+/// that state.
+fn local_remote(args: &MountArgs, remote: &Path) -> Result<PathBuf> {
+    Ok(match canonical_remote(remote) {
+        Ok(r) => r,
+        Err(e) if !remote.exists() => {
+            let abs = std::path::absolute(remote)
+                .with_context(|| format!("cannot make {} absolute", remote.display()))?;
+            let cache_dir = cache_dir_of(args, &PlanRemote::Local(abs.clone()))?;
+            if !fs_core::cache::is_cache_dir(&cache_dir) {
+                return Err(e);
+            }
+            eprintln!(
+                "mountctl: the remote folder {} cannot be reached; mounting offline from the cache {} (changes queue until it is back)",
+                abs.display(),
+                cache_dir.display()
+            );
+            abs
+        }
+        Err(e) => return Err(e),
+    })
+}
+
 /// `--cache-dir` made absolute, else the default cache directory of `remote`.
-fn cache_dir_of(args: &MountArgs, remote: &Path) -> Result<PathBuf> {
-    Ok(match &args.cache_dir {
-        Some(d) => std::path::absolute(d)
+fn cache_dir_of(args: &MountArgs, remote: &PlanRemote) -> Result<PathBuf> {
+    let base = crate::cli::default_cache_dir();
+    Ok(match (&args.cache_dir, remote) {
+        (Some(d), _) => std::path::absolute(d)
             .with_context(|| format!("cannot make {} absolute", d.display()))?,
-        None => default_cache_dir_for(&crate::cli::default_cache_dir(), remote),
+        (None, PlanRemote::Local(folder)) => default_cache_dir_for(&base, folder),
+        (
+            None,
+            PlanRemote::S3 {
+                bucket,
+                prefix,
+                endpoint,
+                ..
+            },
+        ) => default_cache_dir_for_s3(&base, endpoint, bucket, prefix),
     })
 }
 
@@ -255,7 +371,7 @@ fn canonical_mountpoint(p: &Path) -> Result<PathBuf> {
 
 /// The cache directory must be a writable directory, or be creatable: its nearest existing
 /// ancestor a writable directory. It must not lie under the mount point or the remote.
-fn check_cache_dir(dir: &Path, mountpoint: &Path, remote: &Path) -> Result<()> {
+fn check_cache_dir(dir: &Path, mountpoint: &Path, remote: Option<&Path>) -> Result<()> {
     let fix = "choose another with --cache-dir, or fix its permissions";
     if dir.parent().is_none() {
         bail!(
@@ -299,7 +415,7 @@ fn check_cache_dir(dir: &Path, mountpoint: &Path, remote: &Path) -> Result<()> {
     let canonical = std::fs::canonicalize(existing)
         .with_context(|| format!("cannot resolve {}", existing.display()))?
         .join(dir.strip_prefix(existing).unwrap_or(Path::new("")));
-    if canonical.starts_with(mountpoint) || canonical.starts_with(remote) {
+    if canonical.starts_with(mountpoint) || remote.is_some_and(|r| canonical.starts_with(r)) {
         bail!(
             "the cache directory {} lies inside the mountpoint or the remote folder; choose one outside both with --cache-dir",
             dir.display()
@@ -332,11 +448,13 @@ fn check_cache_dir(dir: &Path, mountpoint: &Path, remote: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsStr;
+
     use super::*;
 
     fn plan(cache_dir: &str) -> MountPlan {
         MountPlan {
-            remote: "/data/r".into(),
+            remote: PlanRemote::Local("/data/r".into()),
             mountpoint: "/mnt/m".into(),
             cache_dir: cache_dir.into(),
             cache_size: 10 << 30,
@@ -350,6 +468,7 @@ mod tests {
             auto_merge: true,
             offline_timeout: Duration::from_secs(3),
             transfers: 4,
+            request_timeout: Duration::from_secs(12),
             read_only: true,
             allow_other: false,
         }
@@ -405,31 +524,63 @@ mod tests {
     }
 
     #[test]
+    fn an_s3_child_gets_its_options_and_no_secret() {
+        use clap::Parser;
+        let mut p = plan("/c/y");
+        p.remote = PlanRemote::S3 {
+            bucket: "bkt".into(),
+            prefix: "a/b".into(),
+            options: S3Options {
+                endpoint: Some("http://127.0.0.1:9".into()),
+                region: Some("eu-west-1".into()),
+                addressing: Some(aws::Addressing::Path),
+                profile: Some("work".into()),
+            },
+            endpoint: "http://127.0.0.1:9".into(),
+        };
+        let args = p.child_args();
+        let mut argv = vec![OsString::from("mountctl")];
+        argv.extend(args.clone());
+        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+        let crate::cli::Command::Mount(a) = cli.command else {
+            panic!("not a mount")
+        };
+        assert_eq!(a.remote, "s3://bkt/a/b");
+        assert_eq!(a.request_timeout, Duration::from_secs(12));
+        let PlanRemote::S3 { options, .. } = &p.remote else {
+            unreachable!()
+        };
+        assert_eq!(&a.s3_options(), options);
+        let joined = args.join(OsStr::new(" "));
+        assert!(!joined.to_string_lossy().to_lowercase().contains("secret"));
+    }
+
+    #[test]
     fn cache_dir_checks() {
         let d = tempfile::tempdir().unwrap();
         let mp = d.path().join("mnt");
         let remote = d.path().join("remote");
         let ok = d.path().join("a/b/cache");
-        check_cache_dir(&ok, &mp, &remote).unwrap();
+        check_cache_dir(&ok, &mp, Some(&remote)).unwrap();
         let file = d.path().join("file");
         std::fs::write(&file, b"x").unwrap();
-        let e = check_cache_dir(&file.join("cache"), &mp, &remote)
+        let e = check_cache_dir(&file.join("cache"), &mp, Some(&remote))
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("is a file, not a directory") && e.contains("--cache-dir"),
             "{e}"
         );
-        let e = check_cache_dir(&file, &mp, &remote)
+        let e = check_cache_dir(&file, &mp, Some(&remote))
             .unwrap_err()
             .to_string();
         assert!(e.contains("is not a directory"), "{e}");
-        let e = check_cache_dir(&mp.join("c"), &mp, &remote)
+        let e = check_cache_dir(&mp.join("c"), &mp, Some(&remote))
             .unwrap_err()
             .to_string();
         assert!(e.contains("inside the mountpoint"), "{e}");
         let long = d.path().join("x".repeat(120));
-        let e = check_cache_dir(&long, &mp, &remote)
+        let e = check_cache_dir(&long, &mp, Some(&remote))
             .unwrap_err()
             .to_string();
         assert!(e.contains("too long"), "{e}");

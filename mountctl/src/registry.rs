@@ -28,7 +28,8 @@ pub const SOCKET_NAME: &str = "control.sock";
 pub struct Entry {
     pub mountpoint: PathBuf,
     pub cache_dir: PathBuf,
-    pub remote: PathBuf,
+    /// The remote as the user wrote it (a folder, `s3://…`).
+    pub remote: String,
     pub pid: u32,
 }
 
@@ -41,7 +42,7 @@ impl Entry {
         serde_json::json!({
             "mountpoint": self.mountpoint.to_string_lossy(),
             "cache_dir": self.cache_dir.to_string_lossy(),
-            "remote": self.remote.to_string_lossy(),
+            "remote": self.remote,
             "pid": self.pid,
         })
     }
@@ -51,7 +52,11 @@ impl Entry {
         Some(Entry {
             mountpoint: path("mountpoint")?,
             cache_dir: path("cache_dir")?,
-            remote: path("remote").unwrap_or_default(),
+            remote: v
+                .get("remote")
+                .and_then(|r| r.as_str())
+                .unwrap_or_default()
+                .to_string(),
             pid: u32::try_from(v.get("pid")?.as_u64()?).ok()?,
         })
     }

@@ -1,5 +1,6 @@
-//! What `REMOTE` names: a local folder, given as a path or a `file://` URL. Other schemes are
-//! refused with a message naming the scheme until their providers exist.
+//! What `REMOTE` names: a local folder, given as a path or a `file://` URL, or an S3 bucket,
+//! `s3://BUCKET[/PREFIX]`. Other schemes are refused with a message naming the scheme until
+//! their providers exist.
 //!
 //! Also the stable short hash that names per-remote cache directories and per-mountpoint
 //! registry files: 64-bit FNV-1a of the canonical path's bytes, as 16 hex digits. It is written
@@ -16,6 +17,8 @@ use anyhow::{bail, Result};
 pub enum Remote {
     /// A local folder (not yet checked for existence).
     Local(PathBuf),
+    /// A bucket, and the key prefix inside it (`""`, or `a/b` without slashes at the ends).
+    S3 { bucket: String, prefix: String },
 }
 
 impl Remote {
@@ -36,9 +39,27 @@ impl Remote {
         if !looks_like_scheme {
             return Ok(Remote::Local(PathBuf::from(s)));
         }
+        if scheme.eq_ignore_ascii_case("s3") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                bail!("the S3 URL {s:?} names no bucket; write s3://BUCKET or s3://BUCKET/PREFIX");
+            }
+            let prefix = prefix.trim_matches('/');
+            if prefix
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+                && !prefix.is_empty()
+            {
+                bail!("the key prefix of the S3 URL {s:?} has an empty, . or .. component; write s3://BUCKET/a/b");
+            }
+            return Ok(Remote::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.to_string(),
+            });
+        }
         if !scheme.eq_ignore_ascii_case("file") {
             bail!(
-                "remotes of scheme {scheme:?} are not supported yet; only local folders are (give a folder path or a file:// URL)"
+                "remotes of scheme {scheme:?} are not supported yet; give a folder path, a file:// URL or an s3://BUCKET[/PREFIX] URL"
             );
         }
         // file://host/path: only an empty host or localhost is this machine.
@@ -90,6 +111,20 @@ pub fn short_hash(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
+/// The default cache directory of an S3 remote: `BASE/s3-HASH`, HASH naming the endpoint,
+/// bucket and prefix (another endpoint with a bucket of the same name is another remote).
+pub fn default_cache_dir_for_s3(
+    base: &Path,
+    endpoint: &str,
+    bucket: &str,
+    prefix: &str,
+) -> PathBuf {
+    base.join(format!(
+        "s3-{}",
+        short_hash(format!("{endpoint}\n{bucket}\n{prefix}").as_bytes())
+    ))
+}
+
 /// The default cache directory of a local remote: `BASE/local-HASH`, HASH being
 /// [`short_hash`] of the remote's canonical path, so that two remotes never share a cache and
 /// the same remote always finds its own again.
@@ -122,6 +157,20 @@ mod tests {
             Remote::parse("FILE://localhost/srv").unwrap(),
             Remote::Local("/srv".into())
         );
+        assert_eq!(
+            Remote::parse("s3://my-bucket/a/b/").unwrap(),
+            Remote::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "a/b".into()
+            }
+        );
+        assert_eq!(
+            Remote::parse("s3://my-bucket").unwrap(),
+            Remote::S3 {
+                bucket: "my-bucket".into(),
+                prefix: String::new()
+            }
+        );
         // Not a scheme: a folder whose name happens to contain "://".
         assert_eq!(
             Remote::parse("./a://b").unwrap(),
@@ -131,11 +180,15 @@ mod tests {
 
     #[test]
     fn other_schemes_and_bad_urls_are_refused() {
-        let e = Remote::parse("s3://bucket/dir").unwrap_err().to_string();
+        let e = Remote::parse("sftp://me@host/dir").unwrap_err().to_string();
         assert!(
-            e.contains("\"s3\"") && e.contains("not supported yet"),
+            e.contains("\"sftp\"") && e.contains("not supported yet"),
             "{e}"
         );
+        let e = Remote::parse("s3:///dir").unwrap_err().to_string();
+        assert!(e.contains("no bucket"), "{e}");
+        let e = Remote::parse("s3://b/a/../c").unwrap_err().to_string();
+        assert!(e.contains("component"), "{e}");
         let e = Remote::parse("file://server/share")
             .unwrap_err()
             .to_string();

@@ -17,6 +17,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use cache::{CacheConfig, CacheLimit, ChunkCache, KdfParams, Passphrase};
 use fs_core::provider::local::LocalProvider;
+use fs_core::provider::s3::S3Provider;
+use fs_core::provider::Provider;
 use fs_core::Vfs;
 use serde_json::json;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -24,7 +26,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::control::{self, UnmountRequest};
 use crate::daemon::Ready;
-use crate::plan::MountPlan;
+use crate::plan::{MountPlan, PlanRemote};
 use crate::{mountinfo, registry};
 
 /// Longest a signal or an outside unmount waits for the queue to drain.
@@ -82,13 +84,22 @@ fn serve(
         &Passphrase::new(passphrase, KdfParams::DEFAULT),
     )
     .with_context(|| format!("cannot open the cache in {}", plan.cache_dir.display()))?;
-    let provider = LocalProvider::new(plan.remote.clone()).map_err(|e| {
-        anyhow!(
-            "cannot use the remote folder {}: {e}",
-            plan.remote.display()
-        )
-    })?;
-    let vfs = Vfs::new(plan.vfs_config(), Arc::new(cache), Arc::new(provider)).map_err(|e| {
+    let provider: Arc<dyn Provider> = match &plan.remote {
+        PlanRemote::Local(folder) => Arc::new(
+            LocalProvider::new(folder.clone())
+                .map_err(|e| anyhow!("cannot use the remote folder {}: {e}", folder.display()))?,
+        ),
+        PlanRemote::S3 {
+            bucket,
+            prefix,
+            options,
+            ..
+        } => {
+            let cfg = crate::plan::s3_config(bucket, prefix, options, plan.request_timeout)?;
+            Arc::new(S3Provider::new(cfg).map_err(|e| anyhow!("{e}"))?)
+        }
+    };
+    let vfs = Vfs::new(plan.vfs_config(), Arc::new(cache), provider).map_err(|e| {
         anyhow!(
             "cannot open the drive's saved state in {}: {e}",
             plan.cache_dir.display()
@@ -102,7 +113,12 @@ fn serve(
     let opts = fs_unix::MountOptions {
         allow_other: plan.allow_other,
         read_only: plan.read_only,
-        fsname: format!("{}:local:{}", mountinfo::FSNAME, plan.remote.display()),
+        fsname: format!(
+            "{}:{}:{}",
+            mountinfo::FSNAME,
+            plan.remote.kind(),
+            plan.remote.display()
+        ),
         threads: 2,
     };
     let mounted = fs_unix::mount(vfs.clone(), rt.handle().clone(), &plan.mountpoint, &opts)
@@ -131,12 +147,12 @@ fn serve(
     let entry = registry::Entry {
         mountpoint: plan.mountpoint.clone(),
         cache_dir: plan.cache_dir.clone(),
-        remote: plan.remote.clone(),
+        remote: plan.remote.display(),
         pid: std::process::id(),
     };
     let mount_json = json!({
         "mountpoint": plan.mountpoint.to_string_lossy(),
-        "remote": plan.remote.to_string_lossy(),
+        "remote": plan.remote.display(),
         "cache_dir": plan.cache_dir.to_string_lossy(),
         "pid": entry.pid,
     });

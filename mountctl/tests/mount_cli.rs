@@ -60,6 +60,14 @@ impl World {
             .env("XDG_CACHE_HOME", self.path("home"))
             .env_remove("SYNCOXIDE_PASSPHRASE")
             .env_remove("SYNCOXIDE_LOG")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.path("home/no-aws-credentials"),
+            )
+            .env("AWS_CONFIG_FILE", self.path("home/no-aws-config"))
             .stdin(Stdio::null());
         if let Some(p) = pass {
             c.env("SYNCOXIDE_PASSPHRASE", p);
@@ -278,9 +286,14 @@ fn mistakes_are_refused_with_what_to_fix() {
         &["remote folder", "does not exist"],
     );
     check(
+        w.run(&["mount", "sftp://me@host/dir", &m], Some(PASS)),
+        1,
+        &["\"sftp\"", "not supported yet"],
+    );
+    check(
         w.run(&["mount", "s3://bucket/dir", &m], Some(PASS)),
         1,
-        &["\"s3\"", "not supported yet"],
+        &["no S3 credentials", "AWS_ACCESS_KEY_ID", "--s3-profile"],
     );
     let under_file = w.s("remote/hello.txt/cache");
     check(

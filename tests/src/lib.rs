@@ -353,6 +353,7 @@ pub struct DriveBuilder {
     chunk_size: Option<String>,
     write_back_delay: String,
     extra: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
 }
 
 impl DriveBuilder {
@@ -377,6 +378,13 @@ impl DriveBuilder {
     /// `--write-back-delay` (default [`WRITE_BACK_DELAY`]).
     pub fn write_back_delay(mut self, d: &str) -> Self {
         self.write_back_delay = d.to_string();
+        self
+    }
+
+    /// An environment variable of `mountctl mount`.
+    pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((k.as_ref().to_os_string(), v.as_ref().to_os_string()));
         self
     }
 
@@ -429,6 +437,7 @@ impl DriveBuilder {
         args.extend(self.extra);
         Drive {
             remote: self.remote,
+            env: self.env,
             log: work.path().join("mountctl.log"),
             mountpoint: mountpoint.canonicalize().expect("canonicalize mountpoint"),
             cache_dir,
@@ -445,6 +454,8 @@ impl DriveBuilder {
 /// A live (or dead, or unmounted) mount of a remote folder. Dropping it unmounts.
 pub struct Drive {
     remote: PathBuf,
+    /// Environment of `mountctl mount` (an S3 remote's credentials).
+    env: Vec<(OsString, OsString)>,
     mountpoint: PathBuf,
     cache_dir: PathBuf,
     /// Arguments after `mount REMOTE MOUNTPOINT`.
@@ -471,7 +482,23 @@ impl Drive {
             chunk_size: None,
             write_back_delay: WRITE_BACK_DELAY.to_string(),
             extra: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// How to mount `s3://BUCKET` of the test S3 server ([`servers::s3`]), as
+    /// [`Drive::builder`] does a folder; the bucket must exist.
+    pub fn builder_s3(bucket: &str) -> DriveBuilder {
+        let server = servers::s3();
+        let mut b = Drive::builder(Path::new(&format!("s3://{bucket}")))
+            .arg("--s3-endpoint")
+            .arg(&server.endpoint)
+            .arg("--request-timeout")
+            .arg("10s");
+        for (k, v) in server.aws_env() {
+            b = b.env(k, v);
+        }
+        b
     }
 
     /// `mountctl mount remote` with the defaults of [`Drive::builder`].
@@ -530,6 +557,7 @@ impl Drive {
             .arg(&self.remote)
             .arg(&self.mountpoint)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("SYNCOXIDE_PASSPHRASE", PASSPHRASE)
             .stdin(Stdio::null())
             .stdout(self.log_file())

@@ -170,3 +170,179 @@ pub fn s3() -> &'static S3Server {
         }
     })
 }
+
+/// An answer of [`S3Server::request`].
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl S3Server {
+    /// One HTTP/1.1 request to the server, not really signed (moto checks no signatures): the
+    /// harness's own view of the bucket, independent of the drive's client.
+    pub fn request(&self, method: &str, path_and_query: &str, body: &[u8]) -> HttpAnswer {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the S3 server");
+        s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+        // moto checks no signature, but refuses requests without an Authorization header to
+        // objects that are not public, and takes the account from the access key.
+        let head = format!(
+            "{method} {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: AWS4-HMAC-SHA256 Credential={S3_ACCESS_KEY}/20260101/{S3_REGION}/s3/aws4_request, SignedHeaders=host, Signature=0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.port,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).expect("send to the S3 server");
+        s.write_all(body).expect("send to the S3 server");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).expect("read from the S3 server");
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("an HTTP answer");
+        let head = String::from_utf8_lossy(&raw[..split]).to_string();
+        let mut body = raw[split + 4..].to_vec();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("an HTTP status");
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            body = dechunk(&body);
+        }
+        HttpAnswer { status, body }
+    }
+
+    /// Creates `bucket`.
+    pub fn create_bucket(&self, bucket: &str) {
+        let a = self.request("PUT", &format!("/{bucket}"), b"");
+        assert!(a.status == 200, "create bucket {bucket}: HTTP {}", a.status);
+    }
+
+    /// Puts an object behind the drive's back.
+    pub fn put(&self, bucket: &str, key: &str, data: &[u8]) {
+        let a = self.request("PUT", &format!("/{bucket}/{}", encode_key(key)), data);
+        assert!(
+            a.status == 200,
+            "put {bucket}/{key}: HTTP {}: {}",
+            a.status,
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+
+    /// An object's bytes, `None` when there is no such key.
+    pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let a = self.request("GET", &format!("/{bucket}/{}", encode_key(key)), b"");
+        match a.status {
+            200 => Some(a.body),
+            404 => None,
+            s => panic!("get {bucket}/{key}: HTTP {s}"),
+        }
+    }
+
+    /// Removes an object behind the drive's back.
+    pub fn delete(&self, bucket: &str, key: &str) {
+        let a = self.request("DELETE", &format!("/{bucket}/{}", encode_key(key)), b"");
+        assert!(
+            a.status == 204 || a.status == 200,
+            "delete {bucket}/{key}: HTTP {}",
+            a.status
+        );
+    }
+
+    /// Every key of the bucket, sorted.
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut q = format!("/{bucket}?list-type=2&encoding-type=url");
+            if let Some(t) = &token {
+                q.push_str(&format!(
+                    "&continuation-token={}",
+                    encode_key(t).replace('/', "%2F")
+                ));
+            }
+            let a = self.request("GET", &q, b"");
+            assert!(a.status == 200, "list {bucket}: HTTP {}", a.status);
+            let xml = String::from_utf8_lossy(&a.body).to_string();
+            keys.extend(tag_values(&xml, "Key").into_iter().map(|k| decode_key(&k)));
+            match tag_values(&xml, "NextContinuationToken").pop() {
+                Some(t) if xml.contains("<IsTruncated>true</IsTruncated>") => token = Some(t),
+                _ => break,
+            }
+        }
+        keys.sort();
+        keys
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&b[..eol])
+                .split(';')
+                .next()
+                .unwrap_or("0")
+                .trim(),
+            16,
+        )
+        .unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        b = &b[eol + 2..];
+        out.extend_from_slice(&b[..size.min(b.len())]);
+        b = &b[(size + 2).min(b.len())..];
+    }
+}
+
+fn encode_key(k: &str) -> String {
+    let mut out = String::new();
+    for &b in k.as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn decode_key(k: &str) -> String {
+    let b = k.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 3 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&k[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// The texts of every `<tag>…</tag>` of a small XML document.
+fn tag_values(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        let after = &rest[i + open.len()..];
+        let Some(j) = after.find(&close) else { break };
+        out.push(after[..j].to_string());
+        rest = &after[j + close.len()..];
+    }
+    out
+}

@@ -15,6 +15,13 @@
 //! * The root always exists; a missing bucket is [`ProviderError::Unreachable`] naming the
 //!   bucket, never an empty tree (a `NotFound` is only concluded from a listing or a `GET`
 //!   answer, which say `NoSuchBucket` when the bucket is gone; a `HEAD` cannot tell).
+//! * A symlink at `a/l` is the object `a/l.rclonelink` whose body is the target (rclone's
+//!   `--links` convention, so links written by either tool are links to the other); names
+//!   ending in `.rclonelink` are therefore refused for files and folders. A listing reads each
+//!   link's target (a `GET` per link).
+//! * S3 has a folder only while keys are under it: before the last key of a folder without a
+//!   marker (made by another tool) is deleted or moved away, the marker is written, so the
+//!   folder stays, as it would on a disk.
 //! * Keys of probe objects (`.syncoxide-probe-…`, see below) are hidden and cannot be created.
 //!
 //! # Operations
@@ -49,7 +56,8 @@
 //!   marker last). A rename interrupted while copying can be run again: a target that has no
 //!   marker and holds only same-ETag copies of source keys is taken as that earlier attempt,
 //!   and keys already copied are skipped.
-//! * `symlink` and `set_attrs` are `NotSupported`.
+//! * `set_attrs` is `NotSupported` (S3 keeps neither modes nor settable times; the drive keeps
+//!   them locally).
 //!
 //! # Errors
 //!
@@ -92,6 +100,11 @@ const SMALL_BODY: u64 = 1 << 20;
 const READ_RESUMES: u32 = 3;
 /// The version of every directory.
 const DIR_VERSION: &str = "dir";
+/// A symlink `a/l` is the object `a/l.rclonelink` holding its target (rclone's `--links`
+/// convention, so that links made by either tool are links to the other).
+pub const LINK_SUFFIX: &str = ".rclonelink";
+/// Longest symlink target stored.
+const MAX_LINK_TARGET: u64 = 4096;
 /// SHA-256 of the empty string.
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
@@ -1040,6 +1053,18 @@ fn dir_entry(name: &str) -> RemoteEntry {
     }
 }
 
+fn link_entry(name: &str, target: String, mtime: SystemTime, etag: &str) -> RemoteEntry {
+    RemoteEntry {
+        name: name.to_string(),
+        kind: EntryKind::Symlink,
+        size: target.len() as u64,
+        mtime,
+        version: Version::from(etag),
+        mode: None,
+        symlink_target: Some(target),
+    }
+}
+
 fn precondition_failed(p: &RemotePath) -> ProviderError {
     ProviderError::PreconditionFailed { path: p.clone() }
 }
@@ -1216,6 +1241,9 @@ impl Inner {
         if p.name().starts_with(PROBE_PREFIX) {
             return invalid("reserved for the provider's probe objects");
         }
+        if p.name().ends_with(LINK_SUFFIX) {
+            return invalid("names ending in .rclonelink hold symlinks on S3");
+        }
         // The marker of a directory is one byte longer than the key.
         if self.dir_prefix(p).len() > MAX_KEY_LEN {
             return invalid("path too long for an S3 key (1024 bytes)");
@@ -1270,10 +1298,89 @@ impl Inner {
         if p.is_root() || is_probe(p) {
             return Ok(None);
         }
-        let key = self.key(p);
+        self.head_key(p, &self.key(p)).await
+    }
+
+    /// The key of the symlink at `p`.
+    fn link_key(&self, p: &RemotePath) -> String {
+        format!("{}{}{LINK_SUFFIX}", self.prefix, p.as_str())
+    }
+
+    /// `HEAD` of the symlink object of `p`.
+    async fn head_link(&self, p: &RemotePath) -> Result<Option<Head>> {
+        if p.is_root() || is_probe(p) {
+            return Ok(None);
+        }
+        self.head_key(p, &self.link_key(p)).await
+    }
+
+    /// The target held by the link object `key` (of `p`), and the object's ETag.
+    async fn link_target(&self, p: &RemotePath, key: &str) -> Result<Option<(String, String)>> {
         let a = self
             .client
-            .call(Request::new(Method::HEAD, Some(&key)))
+            .call(Request::new(Method::GET, Some(key)))
+            .await?;
+        match a.status.as_u16() {
+            200 if a.body.len() as u64 <= MAX_LINK_TARGET => {
+                let etag = a.header("etag").map(normalize_etag).unwrap_or_default();
+                let target =
+                    String::from_utf8(a.body.to_vec()).map_err(|_| ProviderError::Other {
+                        message: format!("S3 symlink {p}: the target is not UTF-8"),
+                        retryable: false,
+                    })?;
+                Ok(Some((target, etag)))
+            }
+            200 => Err(ProviderError::Other {
+                message: format!("S3 symlink {p}: the link object is too large to be a link"),
+                retryable: false,
+            }),
+            404 => match self.client.error(p, "readlink", a.status, &a.body) {
+                ProviderError::NotFound(_) => Ok(None),
+                e => Err(e),
+            },
+            _ => Err(self.client.error(p, "readlink", a.status, &a.body)),
+        }
+    }
+
+    /// The symlink at `p`, if there is one.
+    async fn stat_link(&self, p: &RemotePath) -> Result<Option<RemoteEntry>> {
+        let Some(h) = self.head_link(p).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .link_target(p, &self.link_key(p))
+            .await?
+            .map(|(target, etag)| {
+                let etag = if etag.is_empty() { h.etag } else { etag };
+                link_entry(p.name(), target, h.mtime, &etag)
+            }))
+    }
+
+    /// Keeps directory `dir` in existence once its last key goes: S3 has folders only as long
+    /// as keys are under them, and one made by another tool may have no marker.
+    async fn keep_dir(&self, dir: &RemotePath) -> Result<()> {
+        if dir.is_root() {
+            return Ok(());
+        }
+        let marker = self.dir_prefix(dir);
+        if self.head_key(dir, &marker).await?.is_some() {
+            return Ok(());
+        }
+        let req = Request::new(Method::PUT, Some(&marker))
+            .header("content-md5", base64(&Md5::digest(b"")));
+        let a = self.client.call(req).await?;
+        if a.status.is_success() {
+            Ok(())
+        } else {
+            Err(self.client.error(dir, "mkdir", a.status, &a.body))
+        }
+    }
+
+    /// `HEAD` of `key` (of `p`).
+    async fn head_key(&self, p: &RemotePath, key: &str) -> Result<Option<Head>> {
+        let a = self
+            .client
+            .call(Request::new(Method::HEAD, Some(key)))
             .await?;
         match a.status.as_u16() {
             200 => {
@@ -1314,13 +1421,18 @@ impl Inner {
             self.dir_exists(p).await?;
             return Ok(Some(dir_entry("")));
         }
-        if is_probe(p) {
+        if is_probe(p) || p.name().ends_with(LINK_SUFFIX) {
             return Ok(None);
         }
-        if let Some(h) = self.head(p).await? {
+        // One round trip: the file, the link and the folder of that name.
+        let (file, link, dir) = futures::join!(self.head(p), self.stat_link(p), self.dir_exists(p));
+        if let Some(h) = file? {
             return Ok(Some(file_entry(p.name(), h.size, h.mtime, &h.etag)));
         }
-        Ok(self.dir_exists(p).await?.then(|| dir_entry(p.name())))
+        if let Some(l) = link? {
+            return Ok(Some(l));
+        }
+        Ok(dir?.then(|| dir_entry(p.name())))
     }
 
     /// The parent of `p` must be a directory: `NotFound` / `NotADirectory` name the parent.
@@ -1701,7 +1813,7 @@ impl Provider for S3Provider {
         Capabilities {
             rename: false,
             conditional_write: self.inner.probe_state.load(Ordering::Relaxed) != PROBE_IGNORED,
-            symlinks: false,
+            symlinks: true,
             attrs: false,
             max_name_len: MAX_NAME_LEN,
         }
@@ -1724,6 +1836,7 @@ impl Provider for S3Provider {
             .list_raw(dir, &prefix, true, page, inner.page_size)
             .await?;
         let mut entries = Vec::new();
+        let mut links = Vec::new();
         let mut marker = false;
         for o in &got.contents {
             let Some(name) = o.key.strip_prefix(&prefix) else {
@@ -1737,8 +1850,29 @@ impl Provider for S3Provider {
                 continue;
             }
             let mtime = parse_iso8601(&o.last_modified).unwrap_or(UNIX_EPOCH);
-            entries.push(file_entry(name, o.size, mtime, &normalize_etag(&o.etag)));
+            match name.strip_suffix(LINK_SUFFIX) {
+                Some(stem) if !stem.is_empty() => {
+                    links.push((stem.to_string(), o.key.clone(), mtime));
+                }
+                _ => entries.push(file_entry(name, o.size, mtime, &normalize_etag(&o.etag))),
+            }
         }
+        // A listing gives no link targets: each is read (a few at a time).
+        let mut reading =
+            futures::stream::iter(links.into_iter().map(|(stem, key, mtime)| async move {
+                let p = dir.join(&stem).unwrap_or_else(RemotePath::root);
+                let got = inner.link_target(&p, &key).await?;
+                Ok::<_, ProviderError>(
+                    got.map(|(target, etag)| link_entry(&stem, target, mtime, &etag)),
+                )
+            }))
+            .buffered(8);
+        while let Some(l) = reading.next().await {
+            if let Some(e) = l? {
+                entries.push(e);
+            }
+        }
+        drop(reading);
         for cp in &got.common_prefixes {
             let Some(name) = cp
                 .prefix
@@ -1834,13 +1968,22 @@ impl Provider for S3Provider {
                 "files larger than 5 GiB on S3 (multipart upload)",
             ));
         }
-        let (parent, dir_here) = futures::join!(inner.check_parent(path), inner.dir_exists(path));
+        let (parent, dir_here, link_here) = futures::join!(
+            inner.check_parent(path),
+            inner.dir_exists(path),
+            inner.head_link(path)
+        );
         parent?;
         if dir_here? {
             return Err(match pre {
                 Precondition::IfNotExists => ProviderError::AlreadyExists(path.clone()),
                 _ => ProviderError::IsADirectory(path.clone()),
             });
+        }
+        // A file written over a symlink replaces it (once the file is there).
+        let link_here = link_here?;
+        if link_here.is_some() && matches!(pre, Precondition::IfNotExists) {
+            return Err(ProviderError::AlreadyExists(path.clone()));
         }
         let key = inner.key(path);
         let mut req = Request::new(Method::PUT, Some(&key));
@@ -1931,6 +2074,9 @@ impl Provider for S3Provider {
                 });
             }
         }
+        if link_here.is_some() {
+            inner.delete_key(path, &inner.link_key(path)).await?;
+        }
         // The server's time of the new object, so that the entry equals a later `stat`.
         let mtime = match inner.head(path).await {
             Ok(Some(h)) if h.etag == etag => h.mtime,
@@ -1945,12 +2091,16 @@ impl Provider for S3Provider {
         if path.is_root() {
             return Err(ProviderError::IsADirectory(path.clone()));
         }
-        let Some(h) = inner.head(path).await? else {
-            return Err(if inner.dir_exists(path).await? {
-                ProviderError::IsADirectory(path.clone())
-            } else {
-                ProviderError::NotFound(path.clone())
-            });
+        let (file, link, dir) = futures::join!(
+            inner.head(path),
+            inner.head_link(path),
+            inner.dir_exists(path)
+        );
+        let (h, key) = match (file?, link?) {
+            (Some(h), _) => (h, inner.key(path)),
+            (None, Some(h)) => (h, inner.link_key(path)),
+            (None, None) if dir? => return Err(ProviderError::IsADirectory(path.clone())),
+            (None, None) => return Err(ProviderError::NotFound(path.clone())),
         };
         match pre {
             Precondition::None => {}
@@ -1959,7 +2109,10 @@ impl Provider for S3Provider {
                 return Err(precondition_failed(path))
             }
         }
-        inner.delete_key(path, &inner.key(path)).await
+        if let Some(parent) = path.parent() {
+            inner.keep_dir(&parent).await?;
+        }
+        inner.delete_key(path, &key).await
     }
 
     async fn mkdir(&self, path: &RemotePath) -> Result<RemoteEntry> {
@@ -1969,8 +2122,7 @@ impl Provider for S3Provider {
             return Err(ProviderError::AlreadyExists(path.clone()));
         }
         inner.check_new_name(path)?;
-        let (file, dir) = futures::join!(inner.head(path), inner.dir_exists(path));
-        if file?.is_some() || dir? {
+        if inner.stat_opt(path).await?.is_some() {
             return Err(ProviderError::AlreadyExists(path.clone()));
         }
         inner.check_parent(path).await?;
@@ -2040,17 +2192,20 @@ impl Provider for S3Provider {
             return Ok(src);
         }
         if src.kind == EntryKind::Dir {
-            if let Some(h) = inner.head(to).await? {
-                let _ = h;
+            if inner.head(to).await?.is_some() || inner.head_link(to).await?.is_some() {
                 return Err(if replace {
                     ProviderError::NotADirectory(to.clone())
                 } else {
                     ProviderError::AlreadyExists(to.clone())
                 });
             }
+            if let Some(parent) = from.parent() {
+                inner.keep_dir(&parent).await?;
+            }
             return inner.rename_dir(from, to, replace).await;
         }
-        match inner.stat_opt(to).await? {
+        let target = inner.stat_opt(to).await?;
+        match &target {
             Some(_) if !replace => return Err(ProviderError::AlreadyExists(to.clone())),
             Some(e) if e.kind == EntryKind::Dir => {
                 return Err(ProviderError::IsADirectory(to.clone()))
@@ -2058,20 +2213,92 @@ impl Provider for S3Provider {
             _ => {}
         }
         let etag = String::from_utf8_lossy(src.version.as_bytes()).into_owned();
-        let etag = inner
-            .copy(from, &inner.key(from), &inner.key(to), &etag)
-            .await?;
-        inner.delete_key(from, &inner.key(from)).await?;
-        let mtime = match inner.head(to).await {
+        let link = src.kind == EntryKind::Symlink;
+        let (from_key, to_key) = if link {
+            (inner.link_key(from), inner.link_key(to))
+        } else {
+            (inner.key(from), inner.key(to))
+        };
+        // What the target was, if of the other kind (a file over a link, a link over a file),
+        // lives under the other key and goes once the copy is there.
+        let replaced = match &target {
+            Some(e) if (e.kind == EntryKind::Symlink) != link => Some(if link {
+                inner.key(to)
+            } else {
+                inner.link_key(to)
+            }),
+            _ => None,
+        };
+        let etag = inner.copy(from, &from_key, &to_key, &etag).await?;
+        if let Some(k) = replaced {
+            inner.delete_key(to, &k).await?;
+        }
+        if let Some(parent) = from.parent() {
+            inner.keep_dir(&parent).await?;
+        }
+        inner.delete_key(from, &from_key).await?;
+        let head = if link {
+            inner.head_link(to).await
+        } else {
+            inner.head(to).await
+        };
+        let mtime = match head {
             Ok(Some(h)) if h.etag == etag => h.mtime,
             _ => now_secs(),
         };
-        Ok(file_entry(to.name(), src.size, mtime, &etag))
+        Ok(match src.symlink_target {
+            Some(t) if link => link_entry(to.name(), t, mtime, &etag),
+            _ => file_entry(to.name(), src.size, mtime, &etag),
+        })
     }
 
-    async fn symlink(&self, path: &RemotePath, _target: &str) -> Result<RemoteEntry> {
+    async fn symlink(&self, path: &RemotePath, target: &str) -> Result<RemoteEntry> {
         tracing::debug!(%path, "s3 symlink");
-        Err(ProviderError::NotSupported("symlinks on S3"))
+        let inner = &self.inner;
+        if path.is_root() {
+            return Err(ProviderError::AlreadyExists(path.clone()));
+        }
+        inner.check_new_name(path)?;
+        if target.len() as u64 > MAX_LINK_TARGET {
+            return Err(ProviderError::InvalidName {
+                name: path.name().to_string(),
+                reason: "symlink target longer than 4096 bytes",
+            });
+        }
+        let (parent, here) = futures::join!(inner.check_parent(path), inner.stat_opt(path));
+        parent?;
+        if here?.is_some() {
+            return Err(ProviderError::AlreadyExists(path.clone()));
+        }
+        let key = inner.link_key(path);
+        let data = Bytes::copy_from_slice(target.as_bytes());
+        let mut req = Request::new(Method::PUT, Some(&key))
+            .header("content-md5", base64(&Md5::digest(&data)));
+        if inner.conditions().await?.if_none_match {
+            req = req.header("if-none-match", "*");
+        }
+        req.body = Body::Bytes(data);
+        let a = inner.client.call(req).await?;
+        match a.status.as_u16() {
+            s if (200..300).contains(&s) => {}
+            412 | 409 => return Err(ProviderError::AlreadyExists(path.clone())),
+            _ => return Err(inner.client.error(path, "symlink", a.status, &a.body)),
+        }
+        let etag = a.header("etag").map(normalize_etag).unwrap_or_default();
+        let mtime = match inner.head_link(path).await {
+            Ok(Some(h)) if h.etag == etag || etag.is_empty() => h.mtime,
+            _ => now_secs(),
+        };
+        let etag = if etag.is_empty() {
+            inner
+                .head_link(path)
+                .await?
+                .map(|h| h.etag)
+                .unwrap_or_default()
+        } else {
+            etag
+        };
+        Ok(link_entry(path.name(), target.to_string(), mtime, &etag))
     }
 
     async fn set_attrs(&self, path: &RemotePath, attrs: ObjectAttrs) -> Result<RemoteEntry> {

@@ -9,7 +9,7 @@ use crate::cli::{Cli, Command};
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Cache(c) => cache_cmd::run(c),
-        Command::Mount(a) => mount_cmd::run(a),
+        Command::Mount(a) => mount_cmd::run(*a),
         Command::Unmount { mountpoint, wait } => running_cmd::unmount(&mountpoint, wait.timeout),
         Command::Status { mountpoint, json } => running_cmd::status(mountpoint.as_deref(), json),
         Command::Pin { paths } => running_cmd::pin(&paths, true),
