@@ -560,7 +560,12 @@ impl Namespace {
             version: e.version.clone(),
             size: e.size,
         });
-        n.mtime = e.mtime;
+        // A provider that keeps no attributes (no mode: S3, WebDAV) stamps what the drive
+        // uploads with the time of the upload: the time set here (`cp -a`, `rsync -a`, `make`)
+        // stays until another version comes from elsewhere.
+        if changed || e.mode.is_some() {
+            n.mtime = e.mtime;
+        }
         if let Some(m) = e.mode {
             n.perm = (m & 0o7777) as u16;
         }

@@ -18,9 +18,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Mount REMOTE (a local folder or s3://BUCKET[/PREFIX]) on MOUNTPOINT. Returns once the
-    /// mount is live; the mount keeps running in the background until `mountctl unmount
-    /// MOUNTPOINT`.
+    /// Mount REMOTE (a local folder, s3://BUCKET[/PREFIX] or webdav[s]://HOST/PATH) on
+    /// MOUNTPOINT. Returns once the mount is live; the mount keeps running in the background
+    /// until `mountctl unmount MOUNTPOINT`.
     Mount(Box<MountArgs>),
     /// Upload everything queued, then unmount and stop the mount's process. Exit code 1 if the
     /// provider could not be reached: the drive is unmounted all the same, and what stays
@@ -114,9 +114,10 @@ pub enum CacheCommand {
 
 #[derive(Args, Debug, Clone)]
 pub struct MountArgs {
-    /// The remote: a local folder (a path or a file:// URL), or an S3 bucket,
+    /// The remote: a local folder (a path or a file:// URL), an S3 bucket,
     /// s3://BUCKET[/PREFIX] (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the
-    /// AWS profile files).
+    /// AWS profile files), or a WebDAV folder, webdav[s]://[USER@]HOST[:PORT]/PATH (the
+    /// password in SYNCOXIDE_WEBDAV_PASSWORD).
     pub remote: String,
     /// An existing, empty directory to mount on.
     pub mountpoint: PathBuf,

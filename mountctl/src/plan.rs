@@ -10,11 +10,14 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use fs_core::provider::s3::{S3Config, S3Provider};
+use fs_core::provider::webdav::{WebDavConfig, WebDavProvider};
 use fs_core::VfsConfig;
 
 use crate::aws::{self, S3Options};
 use crate::cli::MountArgs;
-use crate::remote::{default_cache_dir_for, default_cache_dir_for_s3, Remote};
+use crate::remote::{
+    default_cache_dir_for, default_cache_dir_for_s3, default_cache_dir_for_webdav, Remote,
+};
 use crate::units::duration_arg;
 use crate::{mountinfo, registry};
 
@@ -33,6 +36,32 @@ pub enum PlanRemote {
         options: S3Options,
         endpoint: String,
     },
+    /// A WebDAV folder (`http(s)://…/`) and the user of its URL.
+    WebDav { url: String, user: Option<String> },
+}
+
+/// Where the password of a WebDAV remote comes from (never the command line).
+pub const WEBDAV_PASSWORD_ENV: &str = "SYNCOXIDE_WEBDAV_PASSWORD";
+
+/// The provider settings of a WebDAV remote: basic authentication when the URL names a user,
+/// with the password from [`WEBDAV_PASSWORD_ENV`].
+pub fn webdav_config(
+    url: &str,
+    user: Option<&str>,
+    request_timeout: Duration,
+) -> Result<WebDavConfig> {
+    let password = match user {
+        Some(u) => Some(std::env::var(WEBDAV_PASSWORD_ENV).map_err(|_| {
+            anyhow!("the WebDAV remote names the user {u:?}: give the password in {WEBDAV_PASSWORD_ENV}")
+        })?),
+        None => None,
+    };
+    Ok(WebDavConfig {
+        url: url.to_string(),
+        username: user.map(str::to_string),
+        password,
+        request_timeout,
+    })
 }
 
 impl PlanRemote {
@@ -42,6 +71,18 @@ impl PlanRemote {
             PlanRemote::Local(p) => p.display().to_string(),
             PlanRemote::S3 { bucket, prefix, .. } if prefix.is_empty() => format!("s3://{bucket}"),
             PlanRemote::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
+            PlanRemote::WebDav { url, user } => {
+                let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+                let scheme = if scheme == "https" {
+                    "webdavs"
+                } else {
+                    "webdav"
+                };
+                match user {
+                    Some(u) => format!("{scheme}://{u}@{rest}"),
+                    None => format!("{scheme}://{rest}"),
+                }
+            }
         }
     }
 
@@ -49,7 +90,7 @@ impl PlanRemote {
     pub fn local(&self) -> Option<&Path> {
         match self {
             PlanRemote::Local(p) => Some(p),
-            PlanRemote::S3 { .. } => None,
+            PlanRemote::S3 { .. } | PlanRemote::WebDav { .. } => None,
         }
     }
 
@@ -58,13 +99,14 @@ impl PlanRemote {
         match self {
             PlanRemote::Local(_) => "local",
             PlanRemote::S3 { .. } => "s3",
+            PlanRemote::WebDav { .. } => "webdav",
         }
     }
 
     fn arg(&self) -> OsString {
         match self {
             PlanRemote::Local(p) => p.clone().into(),
-            PlanRemote::S3 { .. } => self.display().into(),
+            PlanRemote::S3 { .. } | PlanRemote::WebDav { .. } => self.display().into(),
         }
     }
 }
@@ -127,6 +169,11 @@ impl MountPlan {
                     options,
                     endpoint,
                 }
+            }
+            Remote::WebDav { url, user } => {
+                let cfg = webdav_config(&url, user.as_deref(), args.request_timeout)?;
+                WebDavProvider::new(cfg).map_err(|e| anyhow!("{e}; fix the webdav:// URL"))?;
+                PlanRemote::WebDav { url, user }
             }
         };
         let mountpoint = canonical_mountpoint(&args.mountpoint)?;
@@ -328,6 +375,9 @@ fn cache_dir_of(args: &MountArgs, remote: &PlanRemote) -> Result<PathBuf> {
                 ..
             },
         ) => default_cache_dir_for_s3(&base, endpoint, bucket, prefix),
+        (None, PlanRemote::WebDav { url, user }) => {
+            default_cache_dir_for_webdav(&base, url, user.as_deref())
+        }
     })
 }
 

@@ -1,5 +1,6 @@
-//! What `REMOTE` names: a local folder, given as a path or a `file://` URL, or an S3 bucket,
-//! `s3://BUCKET[/PREFIX]`. Other schemes are refused with a message naming the scheme until
+//! What `REMOTE` names: a local folder, given as a path or a `file://` URL, an S3 bucket,
+//! `s3://BUCKET[/PREFIX]`, or a WebDAV folder, `webdav://[USER@]HOST[:PORT]/PATH` (HTTP) or
+//! `webdavs://…` (HTTPS). Other schemes are refused with a message naming the scheme until
 //! their providers exist.
 //!
 //! Also the stable short hash that names per-remote cache directories and per-mountpoint
@@ -19,6 +20,8 @@ pub enum Remote {
     Local(PathBuf),
     /// A bucket, and the key prefix inside it (`""`, or `a/b` without slashes at the ends).
     S3 { bucket: String, prefix: String },
+    /// A WebDAV folder: its `http(s)://host[:port]/path/` URL and the user name of the URL.
+    WebDav { url: String, user: Option<String> },
 }
 
 impl Remote {
@@ -57,9 +60,34 @@ impl Remote {
                 prefix: prefix.to_string(),
             });
         }
+        if scheme.eq_ignore_ascii_case("webdav") || scheme.eq_ignore_ascii_case("webdavs") {
+            let http = if scheme.eq_ignore_ascii_case("webdavs") {
+                "https"
+            } else {
+                "http"
+            };
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let (user, host) = match authority.rsplit_once('@') {
+                Some((u, _)) if u.contains(':') => bail!(
+                    "the WebDAV URL holds a password (USER:PASSWORD@), which must never be on a command line; give only the user (webdav://USER@HOST/PATH) and the password in SYNCOXIDE_WEBDAV_PASSWORD"
+                ),
+                Some((u, h)) => (Some(u.to_string()), h),
+                None => (None, authority),
+            };
+            if host.is_empty() {
+                bail!("the WebDAV URL {s:?} names no host; write webdav://HOST[:PORT]/PATH");
+            }
+            let path = path.trim_matches('/');
+            let url = if path.is_empty() {
+                format!("{http}://{host}/")
+            } else {
+                format!("{http}://{host}/{path}/")
+            };
+            return Ok(Remote::WebDav { url, user });
+        }
         if !scheme.eq_ignore_ascii_case("file") {
             bail!(
-                "remotes of scheme {scheme:?} are not supported yet; give a folder path, a file:// URL or an s3://BUCKET[/PREFIX] URL"
+                "remotes of scheme {scheme:?} are not supported yet; give a folder path, a file:// URL, an s3://BUCKET[/PREFIX] or a webdav(s)://HOST/PATH URL"
             );
         }
         // file://host/path: only an empty host or localhost is this machine.
@@ -125,6 +153,14 @@ pub fn default_cache_dir_for_s3(
     ))
 }
 
+/// The default cache directory of a WebDAV remote: `BASE/webdav-HASH` of its URL and user.
+pub fn default_cache_dir_for_webdav(base: &Path, url: &str, user: Option<&str>) -> PathBuf {
+    base.join(format!(
+        "webdav-{}",
+        short_hash(format!("{url}\n{}", user.unwrap_or("")).as_bytes())
+    ))
+}
+
 /// The default cache directory of a local remote: `BASE/local-HASH`, HASH being
 /// [`short_hash`] of the remote's canonical path, so that two remotes never share a cache and
 /// the same remote always finds its own again.
@@ -170,6 +206,25 @@ mod tests {
                 bucket: "my-bucket".into(),
                 prefix: String::new()
             }
+        );
+        assert_eq!(
+            Remote::parse("webdav://me@dav.example:8080/a/b/").unwrap(),
+            Remote::WebDav {
+                url: "http://dav.example:8080/a/b/".into(),
+                user: Some("me".into())
+            }
+        );
+        assert_eq!(
+            Remote::parse("webdavs://dav.example").unwrap(),
+            Remote::WebDav {
+                url: "https://dav.example/".into(),
+                user: None
+            }
+        );
+        let e = Remote::parse("webdav://me:pw@h/x").unwrap_err().to_string();
+        assert!(
+            e.contains("SYNCOXIDE_WEBDAV_PASSWORD") && !e.contains("pw@"),
+            "{e}"
         );
         // Not a scheme: a folder whose name happens to contain "://".
         assert_eq!(

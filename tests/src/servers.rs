@@ -278,6 +278,35 @@ impl S3Server {
     }
 }
 
+impl S3Server {
+    /// The bucket as a folder on disk, fetched with the harness's own requests: what another
+    /// S3 client (`rclone copy --links`) would download (markers become folders, link objects
+    /// symlinks).
+    pub fn download(&self, bucket: &str) -> crate::TempDir {
+        let out = crate::tempdir("s3-download");
+        for key in self.keys(bucket) {
+            let p = out.path().join(&key);
+            if key.ends_with('/') {
+                std::fs::create_dir_all(&p).expect("mkdir");
+                continue;
+            }
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).expect("mkdir");
+            }
+            let data = self.get(bucket, &key).unwrap_or_default();
+            match key.strip_suffix(".rclonelink") {
+                Some(link) => std::os::unix::fs::symlink(
+                    String::from_utf8_lossy(&data).into_owned(),
+                    out.path().join(link),
+                )
+                .expect("symlink"),
+                None => std::fs::write(&p, data).expect("write"),
+            }
+        }
+        out
+    }
+}
+
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {

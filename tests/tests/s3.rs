@@ -21,28 +21,8 @@ fn bucket(what: &str) -> String {
     b
 }
 
-/// The bucket as a folder on disk, fetched by the harness itself: what another S3 client
-/// (`rclone copy --links`) would download.
 fn download(bucket: &str) -> harness::TempDir {
-    let out = tempdir("s3-download");
-    for key in server().keys(bucket) {
-        if key.ends_with('/') {
-            fs::create_dir_all(out.path().join(&key)).unwrap();
-            continue;
-        }
-        let p = out.path().join(&key);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        let data = server().get(bucket, &key).unwrap();
-        // What `rclone --links` makes of a link object.
-        match key.strip_suffix(".rclonelink") {
-            Some(link) => {
-                std::os::unix::fs::symlink(String::from_utf8(data).unwrap(), out.path().join(link))
-                    .unwrap()
-            }
-            None => fs::write(&p, data).unwrap(),
-        }
-    }
-    out
+    server().download(bucket)
 }
 
 /// Only the kinds, names and bytes of two trees (S3 stores no modes).
