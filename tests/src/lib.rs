@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 pub mod remotes;
 pub mod servers;
+pub mod sftp_server;
 pub mod webdav_server;
 
 pub use serde_json::Value;

@@ -9,6 +9,7 @@ pub mod faulty;
 pub mod local;
 pub mod memory;
 pub mod s3;
+pub mod sftp;
 pub mod webdav;
 
 use std::fmt;
