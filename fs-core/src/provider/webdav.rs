@@ -18,13 +18,22 @@
 //!   removed, or the URL is wrong), or it is not a collection, every call fails with
 //!   [`ProviderError::Unreachable`] naming the URL, never `NotFound` (a `NotFound` is only
 //!   concluded once the root folder was seen to exist).
+//! * A symlink at `a/l` is the file `a/l.rclonelink` whose body is the target (UTF-8, at most
+//!   4096 bytes: rclone's `--links` convention, as on S3, so that links written by either tool
+//!   are links to the other); names ending in [`LINK_SUFFIX`] are therefore refused for files
+//!   and folders, and are `NotFound` to `stat` (`symlinks: true`). A symlink's version is the
+//!   link file's ETag (strong form), its mtime the file's, its size the target's length. When a
+//!   file or folder `l` exists next to `l.rclonelink` (made by another tool), `l` is what is
+//!   there; a folder named `….rclonelink` is hidden from listings.
 //! * Names starting with [`APACHE_TMP_PREFIX`] are Apache's uploads in progress: hidden from
 //!   listings and reserved.
 //!
 //! # Operations
 //!
 //! * `stat`: `PROPFIND` with `Depth: 0` of `getetag`, `getcontentlength`, `getlastmodified`
-//!   and `resourcetype`. `list`: the same with `Depth: 1`, one page.
+//!   and `resourcetype`; when nothing is there, the same of `name.rclonelink` and, for a file,
+//!   a `GET` of it (the target; its ETag and `Last-Modified` make the entry). `list`: the same
+//!   with `Depth: 1`, one page; each link file's target is read with a `GET` (a few at a time).
 //! * `read`: ranged `GET` with `If-Match: <version>`; the answer's ETag is compared as well, and
 //!   a `200` to a range that does not start at 0 (a server that ignores `Range`) is skipped up to
 //!   the offset, never served as if it were the range. A body cut midway is resumed from the
@@ -43,9 +52,15 @@
 //!   the `PUT` the file is stat'ed, so that the entry returned equals a later `stat`; a stored
 //!   size other than the one sent (or an ETag other than the one the `PUT` answered) means
 //!   someone else wrote in between and fails the write (retryable) rather than hand out their
-//!   version as ours.
+//!   version as ours. A file written over a symlink replaces it: the link file, looked for
+//!   before the `PUT` (`IfNotExists` is then `AlreadyExists`), is deleted once the file is
+//!   there (conditional on the link file's ETag seen).
+//! * `symlink`: `PUT` of the link file with `If-None-Match: *`, once nothing is seen at the
+//!   name (`AlreadyExists` otherwise, also for `mkdir` over a symlink). The link file's name is
+//!   11 bytes longer, so a symlink's name is at most 244 bytes.
 //! * `delete`: `PROPFIND` (a directory is `IsADirectory`: a WebDAV `DELETE` would remove it and
-//!   everything in it), then `DELETE` conditional on the ETag just seen (or the one given).
+//!   everything in it), then `DELETE` conditional on the ETag just seen (or the one given); of
+//!   a symlink, its link file's (its version).
 //!   `mkdir`: `MKCOL`. `rmdir`: `PROPFIND` with `Depth: 1` (`NotEmpty` unless it lists nothing),
 //!   then `DELETE` conditional on the directory's own ETag, which changes when an entry is added,
 //!   so a file created in between is never removed with it.
@@ -53,8 +68,10 @@
 //!   (`rename: true`). What is at the target is checked first: a file never replaces a
 //!   directory or the reverse, and a directory replaces only an empty one (`Overwrite: T` would
 //!   remove a non-empty one with everything in it). A change at the target between that check
-//!   and the `MOVE` is a window of one round trip.
-//! * `symlink` and `set_attrs` are `NotSupported`.
+//!   and the `MOVE` is a window of one round trip. A symlink is moved as its link file
+//!   (`x.rclonelink` to `y.rclonelink`); a link replacing a file or a file replacing a link
+//!   moves without `Overwrite`, then deletes what it replaced (conditional on its ETag seen).
+//! * `set_attrs` is `NotSupported`.
 //!
 //! # Errors
 //!
@@ -64,9 +81,10 @@
 //! connecting, waiting for an answer, and every wait for the next piece of a body (sent or
 //! received), not the whole transfer of a large file.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -74,7 +92,7 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
 use super::s3::{collect_exact, parse_http_date, uri_encode};
-use super::s3::{BodyState, CheckedBody, Progress};
+use super::s3::{BodyState, CheckedBody, Progress, LINK_SUFFIX};
 use super::{
     ByteStream, Capabilities, EntryKind, ListPage, ObjectAttrs, Precondition, Provider,
     ProviderError, RemoteEntry, RemotePath, Result, Version,
@@ -89,6 +107,8 @@ const MAX_NAME_LEN: usize = 255;
 const SMALL_BODY: u64 = 1 << 20;
 /// How many times a read whose body was cut is resumed.
 const READ_RESUMES: u32 = 3;
+/// Longest symlink target stored.
+const MAX_LINK_TARGET: u64 = 4096;
 /// How many times a delete or rmdir that lost a race with another change is tried.
 const ATTEMPTS: u32 = 3;
 /// The version of every directory.
@@ -192,6 +212,26 @@ fn precondition_failed(p: &RemotePath) -> ProviderError {
     ProviderError::PreconditionFailed { path: p.clone() }
 }
 
+/// The path of the file holding the symlink at `p` (not the root): `p.rclonelink`.
+fn link_path(p: &RemotePath) -> RemotePath {
+    let name = format!("{}{LINK_SUFFIX}", p.name());
+    p.parent()
+        .and_then(|d| d.join(&name))
+        .unwrap_or_else(RemotePath::root)
+}
+
+fn link_entry(name: &str, target: String, mtime: SystemTime, etag: &str) -> RemoteEntry {
+    RemoteEntry {
+        name: name.to_string(),
+        kind: EntryKind::Symlink,
+        size: target.len() as u64,
+        mtime,
+        version: Version::from(etag),
+        mode: None,
+        symlink_target: Some(target),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // XML bodies
 
@@ -233,7 +273,7 @@ struct ResourceType {
 #[derive(Debug, Default, Deserialize)]
 struct Empty {}
 
-/// One resource of a `PROPFIND` answer.
+/// One resource of a `PROPFIND` answer, or a symlink (its link file's ETag, its target).
 #[derive(Clone, Debug)]
 struct Found {
     entry: RemoteEntry,
@@ -244,6 +284,10 @@ struct Found {
 impl Found {
     fn is_dir(&self) -> bool {
         self.entry.kind == EntryKind::Dir
+    }
+    /// A symlink (its `etag` is the link file's).
+    fn is_link(&self) -> bool {
+        self.entry.kind == EntryKind::Symlink
     }
 }
 
@@ -609,6 +653,9 @@ impl Inner {
         if is_hidden(p.name()) {
             return invalid("reserved for the server's uploads in progress");
         }
+        if p.name().ends_with(LINK_SUFFIX) {
+            return invalid("names ending in .rclonelink hold symlinks");
+        }
         Ok(())
     }
 
@@ -662,11 +709,23 @@ impl Inner {
     /// `PROPFIND` of `p` with `depth` 0 or 1: what it is, and its entries for depth 1. `None`
     /// when nothing is at `p` (the root folder checked to exist).
     async fn propfind(&self, p: &RemotePath, depth: u8) -> Result<Option<(Found, Vec<Found>)>> {
+        match self.propfind_here(p, depth).await? {
+            Some(found) => Ok(Some(found)),
+            None => self.confirm_missing(p).await.map(|()| None),
+        }
+    }
+
+    /// [`Inner::propfind`], but `None` when nothing is at `p` without checking the root folder.
+    async fn propfind_here(
+        &self,
+        p: &RemotePath,
+        depth: u8,
+    ) -> Result<Option<(Found, Vec<Found>)>> {
         if p.as_str().split('/').any(is_hidden) {
-            return self.confirm_missing(p).await.map(|()| None);
+            return Ok(None);
         }
         let Some(mut found) = self.propfind_raw(p, depth).await? else {
-            return self.confirm_missing(p).await.map(|()| None);
+            return Ok(None);
         };
         let own = self.client.href_of(p);
         // A server that names the resource otherwise (another host name…): the first
@@ -698,8 +757,111 @@ impl Inner {
         Ok(Some((this, children)))
     }
 
+    /// The resource at `p` (a file or directory, never a symlink).
     async fn stat_opt(&self, p: &RemotePath) -> Result<Option<Found>> {
         Ok(self.propfind(p, 0).await?.map(|(f, _)| f))
+    }
+
+    /// What is at `p`: the resource there, else the symlink there. `None` when neither is (the
+    /// root folder checked to exist); names ending in `.rclonelink` are never found.
+    async fn lookup(&self, p: &RemotePath) -> Result<Option<Found>> {
+        if !p.is_root() && p.name().ends_with(LINK_SUFFIX) {
+            return self.confirm_missing(p).await.map(|()| None);
+        }
+        if let Some((f, _)) = self.propfind_here(p, 0).await? {
+            return Ok(Some(f));
+        }
+        if let Some(l) = self.stat_link(p).await? {
+            return Ok(Some(l));
+        }
+        self.confirm_missing(p).await.map(|()| None)
+    }
+
+    /// The link file of the symlink at `p` (as a file), if there is one. Not checking the
+    /// root folder when there is none. A name whose link file's name would be too long has
+    /// none (the server refuses such names, and so does [`Provider::symlink`]).
+    async fn link_file(&self, p: &RemotePath) -> Result<Option<Found>> {
+        let lp = link_path(p);
+        if p.is_root() || is_hidden(p.name()) || lp.name().len() > MAX_NAME_LEN {
+            return Ok(None);
+        }
+        let found = self.propfind_here(&lp, 0).await.map_err(|e| match e {
+            // Errors are about `p`, not its link file.
+            ProviderError::PermissionDenied(_) => ProviderError::PermissionDenied(p.clone()),
+            ProviderError::NotFound(_) => ProviderError::NotFound(p.clone()),
+            ProviderError::PreconditionFailed { .. } => precondition_failed(p),
+            e => e,
+        })?;
+        Ok(found.map(|(f, _)| f).filter(|f| !f.is_dir()))
+    }
+
+    /// The symlink at `p`, if there is one. Not checking the root folder when there is none.
+    async fn stat_link(&self, p: &RemotePath) -> Result<Option<Found>> {
+        let Some(file) = self.link_file(p).await? else {
+            return Ok(None);
+        };
+        self.link_target(p, &link_path(p), file).await
+    }
+
+    /// The symlink `p` held by the link file `lp`, `seen` by a `PROPFIND`: a `GET` of it, whose
+    /// ETag and `Last-Modified` (which go with the body) make the entry. `None` when it went.
+    async fn link_target(
+        &self,
+        p: &RemotePath,
+        lp: &RemotePath,
+        seen: Found,
+    ) -> Result<Option<Found>> {
+        let too_large = || ProviderError::Other {
+            message: format!("WebDAV symlink {p}: the link file is too large to be a link"),
+            retryable: false,
+        };
+        if seen.entry.size > MAX_LINK_TARGET {
+            return Err(too_large());
+        }
+        let a = self
+            .client
+            .call(Request::new(Method::GET, self.client.url(lp, false)))
+            .await?;
+        match a.status.as_u16() {
+            200 if a.body.len() as u64 <= MAX_LINK_TARGET => {
+                let target =
+                    String::from_utf8(a.body.to_vec()).map_err(|_| ProviderError::Other {
+                        message: format!("WebDAV symlink {p}: the target is not UTF-8"),
+                        retryable: false,
+                    })?;
+                let etag = a.header("etag").map(strong_etag).or(seen.etag);
+                let Some((tag, _)) = &etag else {
+                    return Err(ProviderError::Other {
+                        message: format!("WebDAV symlink {p}: the server gives no ETag"),
+                        retryable: false,
+                    });
+                };
+                let mtime = a
+                    .header("last-modified")
+                    .and_then(parse_http_date)
+                    .unwrap_or(seen.entry.mtime);
+                let entry = link_entry(p.name(), target, mtime, tag);
+                Ok(Some(Found { entry, etag }))
+            }
+            200 => Err(too_large()),
+            404 | 410 => Ok(None),
+            _ => Err(self.client.error(p, "readlink", a.status)),
+        }
+    }
+
+    /// Removes `at`, seen as `seen`, which a write or rename to `p` replaced (a symlink's link
+    /// file, a file under a symlink): conditional on what was seen, so that nothing put there
+    /// meanwhile (a directory…) is removed. What changed or went meanwhile is left.
+    async fn remove_replaced(&self, p: &RemotePath, at: &RemotePath, seen: &Found) -> Result<()> {
+        let url = self.client.url(at, false);
+        match self.delete_url(p, url, seen.etag.as_ref()).await {
+            Ok(true) | Err(ProviderError::NotFound(_)) => Ok(()),
+            Ok(false) => {
+                tracing::debug!(%p, %at, "webdav: what was replaced changed since, left");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The parent of `p` must be a directory: `NotFound` / `NotADirectory` name the parent.
@@ -844,20 +1006,21 @@ impl Inner {
         })
     }
 
-    /// `MOVE` of `from` (a directory when `dir`) to `to`.
+    /// `MOVE` of the resource `from_at` (a directory when `dir`) to `to_at`, for a rename of
+    /// `from` to `to` (the same, or their symlinks' link files).
     async fn move_to(
         &self,
-        from: &RemotePath,
-        to: &RemotePath,
+        (from, from_at): (&RemotePath, &RemotePath),
+        (to, to_at): (&RemotePath, &RemotePath),
         dir: bool,
         overwrite: bool,
-    ) -> Result<Found> {
-        let req = Request::new(method("MOVE"), self.client.url(from, dir))
-            .header("destination", self.client.url(to, dir))
+    ) -> Result<()> {
+        let req = Request::new(method("MOVE"), self.client.url(from_at, dir))
+            .header("destination", self.client.url(to_at, dir))
             .header("overwrite", if overwrite { "T" } else { "F" });
         let a = self.client.call(req).await?;
         match a.status.as_u16() {
-            201 | 204 => self.stat_after(to, "rename").await,
+            201 | 204 => Ok(()),
             412 => Err(ProviderError::AlreadyExists(to.clone())),
             409 => Err(self
                 .classify(to, self.client.error(to, "rename", a.status))
@@ -967,7 +1130,7 @@ impl Provider for WebDavProvider {
         Capabilities {
             rename: true,
             conditional_write: true,
-            symlinks: false,
+            symlinks: true,
             attrs: false,
             max_name_len: MAX_NAME_LEN,
         }
@@ -975,7 +1138,7 @@ impl Provider for WebDavProvider {
 
     async fn stat(&self, path: &RemotePath) -> Result<RemoteEntry> {
         tracing::debug!(%path, "webdav stat");
-        match self.inner.stat_opt(path).await? {
+        match self.inner.lookup(path).await? {
             Some(f) => Ok(f.entry),
             None => Err(ProviderError::NotFound(path.clone())),
         }
@@ -989,12 +1152,43 @@ impl Provider for WebDavProvider {
         if !this.is_dir() {
             return Err(ProviderError::NotADirectory(dir.clone()));
         }
-        Ok(ListPage {
-            entries: children
+        let inner = &self.inner;
+        let mut entries = Vec::new();
+        let mut links = Vec::new();
+        for f in children {
+            let name = &f.entry.name;
+            if is_hidden(name) {
+                continue;
+            }
+            match name.strip_suffix(LINK_SUFFIX) {
+                None => entries.push(f.entry),
+                Some(stem) if !f.is_dir() && super::valid_component(stem) && !is_hidden(stem) => {
+                    links.push((stem.to_string(), f));
+                }
+                Some(_) => {
+                    tracing::warn!(%dir, %name, "webdav list: skipping a name that holds no link");
+                }
+            }
+        }
+        // A file or folder of the same name is what `stat` finds there.
+        let taken: HashSet<String> = entries.iter().map(|e| e.name.clone()).collect();
+        // A listing gives no link targets: each is read (a few at a time).
+        let mut reading = futures::stream::iter(
+            links
                 .into_iter()
-                .filter(|f| !is_hidden(&f.entry.name))
-                .map(|f| f.entry)
-                .collect(),
+                .filter(|(stem, _)| !taken.contains(stem))
+                .filter_map(|(stem, f)| Some((dir.join(&stem)?, dir.join(&f.entry.name)?, f)))
+                .map(|(p, lp, f)| async move { inner.link_target(&p, &lp, f).await }),
+        )
+        .buffered(8);
+        while let Some(l) = reading.next().await {
+            if let Some(f) = l? {
+                entries.push(f.entry);
+            }
+        }
+        drop(reading);
+        Ok(ListPage {
+            entries,
             next: None,
         })
     }
@@ -1019,7 +1213,7 @@ impl Provider for WebDavProvider {
                 None => Err(ProviderError::NotFound(path.clone())),
             };
         }
-        if is_hidden(path.name()) {
+        if is_hidden(path.name()) || path.name().ends_with(LINK_SUFFIX) {
             inner.confirm_missing(path).await?;
             return Err(ProviderError::NotFound(path.clone()));
         }
@@ -1058,13 +1252,29 @@ impl Provider for WebDavProvider {
         inner.check_new_name(path)?;
         let url = inner.client.url(path, false);
         let mut req = Request::new(Method::PUT, url.clone());
+        // A file written over a symlink replaces it (once the file is there).
+        let (here, link_here) = futures::join!(
+            async {
+                match &pre {
+                    Precondition::IfMatch(_) => inner.stat_opt(path).await,
+                    _ => Ok(None),
+                }
+            },
+            inner.link_file(path)
+        );
+        let link_here = link_here?;
+        if link_here.is_some() && pre == Precondition::IfNotExists {
+            return Err(ProviderError::AlreadyExists(path.clone()));
+        }
         match &pre {
             Precondition::None => {}
             Precondition::IfMatch(v) => {
                 // Checked here (no byte is sent for a stale version, and a weak ETag is
                 // noticed) and again by the server, atomically with the PUT.
-                let found = match inner.stat_opt(path).await? {
-                    None => return Err(precondition_failed(path)),
+                let found = match here? {
+                    // Gone: because its folder went (or became a file), which the caller
+                    // must know to make the folder again, or on its own.
+                    None => return Err(inner.classify(path, precondition_failed(path)).await),
                     Some(f) if f.is_dir() => return Err(ProviderError::IsADirectory(path.clone())),
                     Some(f) => f,
                 };
@@ -1134,6 +1344,9 @@ impl Provider for WebDavProvider {
                 retryable: true,
             });
         }
+        if let Some(l) = &link_here {
+            inner.remove_replaced(path, &link_path(path), l).await?;
+        }
         Ok(f.entry)
     }
 
@@ -1144,7 +1357,7 @@ impl Provider for WebDavProvider {
             return Err(ProviderError::IsADirectory(path.clone()));
         }
         for _ in 0..ATTEMPTS {
-            let found = match inner.stat_opt(path).await? {
+            let found = match inner.lookup(path).await? {
                 None => return Err(ProviderError::NotFound(path.clone())),
                 Some(f) if f.is_dir() => return Err(ProviderError::IsADirectory(path.clone())),
                 Some(f) => f,
@@ -1157,8 +1370,12 @@ impl Provider for WebDavProvider {
                 }
             }
             // Conditional on what was just seen, so that a directory put there meanwhile is
-            // never removed with everything in it.
-            let url = inner.client.url(path, false);
+            // never removed with everything in it. A symlink is its link file.
+            let url = if found.is_link() {
+                inner.client.url(&link_path(path), false)
+            } else {
+                inner.client.url(path, false)
+            };
             if inner.delete_url(path, url, found.etag.as_ref()).await? {
                 return Ok(());
             }
@@ -1179,6 +1396,9 @@ impl Provider for WebDavProvider {
             return Err(ProviderError::AlreadyExists(path.clone()));
         }
         inner.check_new_name(path)?;
+        if inner.link_file(path).await?.is_some() {
+            return Err(ProviderError::AlreadyExists(path.clone()));
+        }
         let a = inner
             .client
             .call(Request::new(method("MKCOL"), inner.client.url(path, true)))
@@ -1205,7 +1425,10 @@ impl Provider for WebDavProvider {
         }
         for _ in 0..ATTEMPTS {
             let Some((this, children)) = inner.propfind(path, 1).await? else {
-                return Err(ProviderError::NotFound(path.clone()));
+                return Err(match inner.link_file(path).await? {
+                    Some(_) => ProviderError::NotADirectory(path.clone()),
+                    None => ProviderError::NotFound(path.clone()),
+                });
             };
             if !this.is_dir() {
                 return Err(ProviderError::NotADirectory(path.clone()));
@@ -1248,14 +1471,15 @@ impl Provider for WebDavProvider {
             });
         }
         let src = inner
-            .stat_opt(from)
+            .lookup(from)
             .await?
             .ok_or_else(|| ProviderError::NotFound(from.clone()))?;
         inner.check_parent(to).await?;
         if from == to {
             return Ok(src.entry);
         }
-        let dst = inner.stat_opt(to).await?;
+        let dst = inner.lookup(to).await?;
+        let link = src.is_link();
         let overwrite = match (&dst, src.is_dir()) {
             (None, _) => false,
             (Some(_), _) if !replace => return Err(ProviderError::AlreadyExists(to.clone())),
@@ -1267,21 +1491,103 @@ impl Provider for WebDavProvider {
                 }
                 true
             }
-            (Some(_), false) => true,
+            // A file over a file, a link over a link: the MOVE replaces it. Over one of the
+            // other kind, which lives under the other name, that goes once the MOVE is done.
+            (Some(d), false) => d.is_link() == link,
         };
-        let mut moved = inner.move_to(from, to, src.is_dir(), overwrite).await?;
+        let replaced = dst.filter(|d| !d.is_dir() && d.is_link() != link);
+        let (from_at, to_at) = if link {
+            (link_path(from), link_path(to))
+        } else {
+            (from.clone(), to.clone())
+        };
+        inner
+            .move_to((from, &from_at), (to, &to_at), src.is_dir(), overwrite)
+            .await?;
+        if let Some(d) = &replaced {
+            let at = if d.is_link() {
+                link_path(to)
+            } else {
+                to.clone()
+            };
+            inner.remove_replaced(to, &at, d).await?;
+        }
+        let moved = if link {
+            inner.stat_link(to).await?
+        } else {
+            inner.stat_opt(to).await?
+        };
+        let mut moved = moved.ok_or_else(|| ProviderError::Other {
+            message: format!("WebDAV rename {to}: gone right after the change"),
+            retryable: true,
+        })?;
         moved.entry.name = to.name().to_string();
         Ok(moved.entry)
     }
 
-    async fn symlink(&self, path: &RemotePath, _target: &str) -> Result<RemoteEntry> {
+    async fn symlink(&self, path: &RemotePath, target: &str) -> Result<RemoteEntry> {
         tracing::debug!(%path, "webdav symlink");
-        Err(ProviderError::NotSupported("symlinks on WebDAV"))
+        let inner = &self.inner;
+        if path.is_root() {
+            return Err(ProviderError::AlreadyExists(path.clone()));
+        }
+        inner.check_new_name(path)?;
+        let invalid = |reason| ProviderError::InvalidName {
+            name: path.name().to_string(),
+            reason,
+        };
+        if target.len() as u64 > MAX_LINK_TARGET {
+            return Err(invalid("symlink target longer than 4096 bytes"));
+        }
+        let lp = link_path(path);
+        if lp.name().len() > MAX_NAME_LEN {
+            return Err(invalid(
+                "name too long for a symlink (its file adds .rclonelink)",
+            ));
+        }
+        let (parent, here) = futures::join!(inner.check_parent(path), inner.lookup(path));
+        parent?;
+        if here?.is_some() {
+            return Err(ProviderError::AlreadyExists(path.clone()));
+        }
+        let mut req =
+            Request::new(Method::PUT, inner.client.url(&lp, false)).header("if-none-match", "*");
+        req.body = Body::Bytes(Bytes::copy_from_slice(target.as_bytes()));
+        let a = inner.client.call(req).await?;
+        if !a.status.is_success() {
+            let status = a.status;
+            return Err(match status.as_u16() {
+                412 => ProviderError::AlreadyExists(path.clone()),
+                400 | 404 | 405 | 409 => {
+                    inner
+                        .classify(path, inner.client.error(path, "symlink", status))
+                        .await
+                }
+                _ => inner.client.error(path, "symlink", status),
+            });
+        }
+        let answered = a.header("etag").map(|e| strong_etag(e).0);
+        let l = inner
+            .stat_link(path)
+            .await?
+            .ok_or_else(|| ProviderError::Other {
+                message: format!("WebDAV symlink {path}: gone right after the change"),
+                retryable: true,
+            })?;
+        let ours = l.entry.symlink_target.as_deref() == Some(target)
+            && answered.is_none_or(|e| e.as_bytes() == l.entry.version.as_bytes());
+        if !ours {
+            return Err(ProviderError::Other {
+                message: format!("WebDAV symlink {path}: changed by someone else right after"),
+                retryable: true,
+            });
+        }
+        Ok(l.entry)
     }
 
     async fn set_attrs(&self, path: &RemotePath, attrs: ObjectAttrs) -> Result<RemoteEntry> {
         tracing::debug!(%path, ?attrs, "webdav set_attrs");
-        if self.inner.stat_opt(path).await?.is_none() {
+        if self.inner.lookup(path).await?.is_none() {
             return Err(ProviderError::NotFound(path.clone()));
         }
         Err(ProviderError::NotSupported(
