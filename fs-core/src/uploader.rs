@@ -496,6 +496,7 @@ impl Vfs {
         let result = loop {
             let now = progress();
             if now.0 == 0 {
+                self.sweep_maybe_sent().await;
                 break Ok(());
             }
             if now.0 < last.0 .0 || now.1 > last.0 .1 {
@@ -1122,7 +1123,7 @@ impl Vfs {
             mode: Some(u32::from(perm)),
             mtime: Some(mtime),
         };
-        let body = self.body(path.clone(), oid.clone(), content.clone());
+        let body = self.watched_body(path, &oid, content);
         let mut written = self
             .inner
             .provider
@@ -1135,12 +1136,15 @@ impl Vfs {
         {
             // The directory was removed (or replaced by a file) remotely while this file had
             // local changes: the local data is kept, in directories made again.
-            let body = self.body(path.clone(), oid.clone(), content.clone());
+            let body = self.watched_body(path, &oid, content);
             written = self
                 .inner
                 .provider
                 .write(path, body, content.size, pre, attrs)
                 .await;
+        }
+        if let Ok(e) = &written {
+            self.sent_for_sure(&oid, path, e.size);
         }
         match written {
             Ok(e) => {
@@ -1348,6 +1352,27 @@ impl Vfs {
                     .await?
             {
                 return Ok(Outcome::Applied(Some(cur.clone())));
+            }
+        }
+        if let Some(cur) = &current {
+            if cur.kind == crate::provider::EntryKind::File
+                && self.ours_after_all(path, oid, cur).await?
+            {
+                // An earlier upload of this file whose answer was lost: what is there is
+                // ours, the base of this one.
+                tracing::info!(%path, "the provider holds an earlier upload whose answer was lost: not a conflict");
+                let body = self.watched_body(path, oid, content);
+                let e = p
+                    .write(
+                        path,
+                        body,
+                        content.size,
+                        Precondition::IfMatch(cur.version.clone()),
+                        attrs,
+                    )
+                    .await?;
+                self.sent_for_sure(oid, path, e.size);
+                return Ok(Outcome::Applied(Some(e)));
             }
         }
         let Some(cur) = current else {
@@ -1643,6 +1668,137 @@ impl Vfs {
             }
         }
         Ok(true)
+    }
+
+    /// [`Self::body`], and once every byte of it went out, a [`MaybeSent`] record: until the
+    /// provider's answer says so ([`Self::sent_for_sure`]), it may or may not hold it.
+    fn watched_body(
+        &self,
+        path: &RemotePath,
+        oid: &cache::ObjectId,
+        content: &Content,
+    ) -> ByteStream {
+        let inner = self.body(path.clone(), oid.clone(), content.clone());
+        let vfs = self.clone();
+        let (path, oid, size) = (path.clone(), oid.clone(), content.size);
+        let digest = std::sync::Arc::new(std::sync::Mutex::new(Some(
+            aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256),
+        )));
+        let d2 = digest.clone();
+        let tail = futures::stream::once(async move {
+            let ctx = lock(&d2).take();
+            if let Some(ctx) = ctx {
+                let mut sha = [0u8; 32];
+                sha.copy_from_slice(ctx.finish().as_ref());
+                lock(&vfs.inner.maybe_sent).push(MaybeSent {
+                    path,
+                    oid,
+                    size,
+                    sha256: sha,
+                });
+            }
+            None
+        })
+        .filter_map(|x: Option<Result<Bytes, ProviderError>>| async move { x });
+        Box::pin(
+            inner
+                .map(move |chunk| {
+                    if let Ok(b) = &chunk {
+                        if let Some(ctx) = lock(&digest).as_mut() {
+                            ctx.update(b);
+                        }
+                    }
+                    chunk
+                })
+                .chain(tail),
+        )
+    }
+
+    /// The provider answered the upload of `oid` to `path`: nothing of it is in doubt.
+    fn sent_for_sure(&self, oid: &cache::ObjectId, path: &RemotePath, _size: u64) {
+        lock(&self.inner.maybe_sent).retain(|m| !(&m.oid == oid && &m.path == path));
+    }
+
+    /// Whether the file `cur` at `path` is an earlier upload of `oid` whose answer was lost
+    /// (same size, same SHA-256: the provider's bytes are read and hashed).
+    async fn ours_after_all(
+        &self,
+        path: &RemotePath,
+        oid: &cache::ObjectId,
+        cur: &crate::provider::RemoteEntry,
+    ) -> Result<bool, ProviderError> {
+        let candidates: Vec<[u8; 32]> = lock(&self.inner.maybe_sent)
+            .iter()
+            .filter(|m| &m.oid == oid && &m.path == path && m.size == cur.size)
+            .map(|m| m.sha256)
+            .collect();
+        if candidates.is_empty() {
+            return Ok(false);
+        }
+        let sha = self.remote_sha256(path, cur).await?;
+        Ok(candidates.contains(&sha))
+    }
+
+    async fn remote_sha256(
+        &self,
+        path: &RemotePath,
+        cur: &crate::provider::RemoteEntry,
+    ) -> Result<[u8; 32], ProviderError> {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut s = self
+            .inner
+            .provider
+            .read(path, &cur.version, 0, cur.size)
+            .await?;
+        while let Some(b) = s.next().await {
+            ctx.update(&b?);
+        }
+        let mut sha = [0u8; 32];
+        sha.copy_from_slice(ctx.finish().as_ref());
+        Ok(sha)
+    }
+
+    /// Once the queue is empty: an upload in doubt that did land after all, at a name where the
+    /// drive has nothing any more (the file was renamed or removed here meanwhile), is removed
+    /// from the provider (conditional on its version), so that nothing shows up twice. Records
+    /// of names the drive uses again are dropped (their own uploads settled them).
+    async fn sweep_maybe_sent(&self) {
+        let doubts = std::mem::take(&mut *lock(&self.inner.maybe_sent));
+        for m in doubts {
+            let used = lock(&self.inner.ns).resolve(&m.path).is_some();
+            if used {
+                continue;
+            }
+            let cur = match self.inner.provider.stat(&m.path).await {
+                Ok(e) if e.kind == crate::provider::EntryKind::File && e.size == m.size => e,
+                Ok(_) | Err(ProviderError::NotFound(_) | ProviderError::NotADirectory(_)) => {
+                    continue
+                }
+                Err(e) => {
+                    tracing::debug!(path = %m.path, error = %e, "an upload in doubt stays in doubt");
+                    lock(&self.inner.maybe_sent).push(m);
+                    continue;
+                }
+            };
+            match self.remote_sha256(&m.path, &cur).await {
+                Ok(sha) if sha == m.sha256 => {
+                    tracing::info!(path = %m.path, "an upload whose answer was lost landed at a name the drive no longer uses: removed");
+                    if let Err(e) = self
+                        .inner
+                        .provider
+                        .delete(&m.path, Precondition::IfMatch(cur.version.clone()))
+                        .await
+                    {
+                        tracing::warn!(path = %m.path, error = %e, "could not remove a stray upload");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(path = %m.path, error = %e, "an upload in doubt stays in doubt");
+                    lock(&self.inner.maybe_sent).push(m);
+                }
+            }
+        }
     }
 
     /// The bytes of `content` as a stream of chunks, for an upload.
@@ -1956,4 +2112,15 @@ mod tests {
             ".bashrc.conflict-h-20251122-010101"
         );
     }
+}
+
+/// An upload whose body went out in full but whose answer never came: the provider may hold
+/// it at `path`. Kept in memory (a crash forgets it: the next upload then sees a conflict and
+/// keeps both versions, losing nothing).
+#[derive(Clone, Debug)]
+pub struct MaybeSent {
+    pub path: RemotePath,
+    pub oid: cache::ObjectId,
+    pub size: u64,
+    pub sha256: [u8; 32],
 }

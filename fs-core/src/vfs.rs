@@ -154,6 +154,9 @@ pub(crate) struct Inner {
     pub last_error: Mutex<Option<String>>,
     /// The conflicts of this mount's life, oldest first (at most [`MAX_CONFLICTS_KEPT`]).
     pub conflict_log: Mutex<std::collections::VecDeque<ConflictRecord>>,
+    /// Uploads whose every byte went out but whose answer never came (a timeout, a connection
+    /// reset): the provider may hold them. See `uploader::MaybeSent`.
+    pub maybe_sent: Mutex<Vec<crate::uploader::MaybeSent>>,
     pub hostname: String,
     /// Bumped (under the namespace lock) whenever a record is applied to the provider: a
     /// listing taken across a change is not merged.
@@ -393,6 +396,7 @@ impl Vfs {
             counters: Counters::default(),
             last_error: Mutex::new(None),
             conflict_log: Mutex::new(std::collections::VecDeque::new()),
+            maybe_sent: Mutex::new(Vec::new()),
             hostname: hostname(),
             applied_epoch: AtomicU64::new(0),
             shutdown: std::sync::atomic::AtomicBool::new(false),

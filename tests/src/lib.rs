@@ -25,6 +25,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod proxy;
 pub mod remotes;
 pub mod servers;
 pub mod sftp_server;

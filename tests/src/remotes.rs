@@ -1,9 +1,9 @@
 //! The remotes a scenario runs against, so that one test body runs over a local folder, an S3
 //! bucket (moto) and a WebDAV folder (Apache), each through a real mount: [`TestRemote`].
 //!
-//! What a remote holds is checked from outside the drive: the folder itself, the WebDAV folder
-//! on Apache's disk, or the bucket downloaded by the harness's own requests (link objects made
-//! symlinks, as `rclone copy --links` would).
+//! What a remote holds is checked from outside the drive: the folder itself, a copy of the
+//! WebDAV folder from Apache's disk, or the bucket downloaded by the harness's own requests
+//! (link files made symlinks, as `rclone copy --links` would).
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -78,6 +78,46 @@ impl TestRemote {
         }
     }
 
+    /// The TCP port of the server behind this remote (`None` for a folder).
+    pub fn server_port(&self) -> Option<u16> {
+        match self {
+            TestRemote::Folder(_) => None,
+            TestRemote::S3 { .. } => Some(s3().port),
+            TestRemote::WebDav(_) => Some(webdav().port),
+        }
+    }
+
+    /// How to mount it with the drive talking to the server through 127.0.0.1:`port` (a
+    /// [`crate::proxy::Proxy`]); the harness still looks at the server directly.
+    pub fn builder_via(&self, port: u16) -> DriveBuilder {
+        match self {
+            TestRemote::Folder(d) => Drive::builder(d.path()),
+            TestRemote::S3 { bucket } => {
+                let mut b = Drive::builder(Path::new(&format!("s3://{bucket}")))
+                    .arg("--s3-endpoint")
+                    .arg(format!("http://127.0.0.1:{port}"))
+                    .arg("--s3-addressing")
+                    .arg("path")
+                    .arg("--request-timeout")
+                    .arg("5s");
+                for (k, v) in s3().aws_env() {
+                    b = b.env(k, v);
+                }
+                b
+            }
+            TestRemote::WebDav(f) => {
+                let url = f.url.replacen(
+                    &format!("http://127.0.0.1:{}", webdav().port),
+                    &format!("webdav://127.0.0.1:{port}"),
+                    1,
+                );
+                Drive::builder(Path::new(&url))
+                    .arg("--request-timeout")
+                    .arg("5s")
+            }
+        }
+    }
+
     pub fn mount(&self) -> Drive {
         self.builder().mount()
     }
@@ -95,10 +135,22 @@ impl TestRemote {
                 path: d.path().to_path_buf(),
                 _download: None,
             },
-            TestRemote::WebDav(f) => RemoteView {
-                path: f.path.clone(),
-                _download: None,
-            },
+            TestRemote::WebDav(f) => {
+                // A copy with the link files made symlinks, as `rclone copy --links` would.
+                let t = tempdir("webdav-view");
+                let copy = t.path().join("v");
+                let o = crate::run(
+                    "cp",
+                    ["-a".as_ref(), f.path.as_os_str(), copy.as_os_str()],
+                    Path::new("/"),
+                );
+                assert!(o.success(), "{}", o.describe());
+                links_from_files(&copy);
+                RemoteView {
+                    path: copy,
+                    _download: Some(t),
+                }
+            }
             TestRemote::S3 { bucket } => {
                 let t = s3().download(bucket);
                 RemoteView {
@@ -124,6 +176,52 @@ impl TestRemote {
             d.len(),
             format_lines(&d, 60)
         );
+    }
+
+    /// Behind the drive's back, as another program or machine would: writes the file at `rel`
+    /// (its folders made as needed).
+    pub fn put(&self, rel: &str, data: impl AsRef<[u8]>) {
+        let data = data.as_ref();
+        match self {
+            TestRemote::Folder(d) => write_under(d.path(), rel, data, |_| {}),
+            TestRemote::WebDav(f) => write_under(&f.path, rel, data, |p| webdav().give(p)),
+            TestRemote::S3 { bucket } => s3().put(bucket, rel, data),
+        }
+    }
+
+    /// Behind the drive's back: makes the folder `rel` (and its parents).
+    pub fn mkdir(&self, rel: &str) {
+        match self {
+            TestRemote::Folder(d) => mkdirs_under(d.path(), rel, |_| {}),
+            TestRemote::WebDav(f) => mkdirs_under(&f.path, rel, |p| webdav().give(p)),
+            TestRemote::S3 { bucket } => s3().put(bucket, &format!("{rel}/"), b""),
+        }
+    }
+
+    /// Behind the drive's back: removes the file, or the folder with all in it, at `rel`.
+    pub fn remove(&self, rel: &str) {
+        let rm = |p: &Path| {
+            let md = std::fs::symlink_metadata(p)
+                .unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
+            if md.is_dir() {
+                std::fs::remove_dir_all(p)
+            } else {
+                std::fs::remove_file(p)
+            }
+            .unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
+        };
+        match self {
+            TestRemote::Folder(d) => rm(&d.path().join(rel)),
+            TestRemote::WebDav(f) => rm(&f.path.join(rel)),
+            TestRemote::S3 { bucket } => {
+                let dir = format!("{rel}/");
+                for k in s3().keys(bucket) {
+                    if k == rel || k.starts_with(&dir) || k == format!("{rel}.rclonelink") {
+                        s3().delete(bucket, &k);
+                    }
+                }
+            }
+        }
     }
 
     /// The names in folder `sub` of the remote (hidden ones included), sorted.
@@ -174,4 +272,46 @@ macro_rules! on_every_remote {
             )*
         }
     };
+}
+
+fn mkdirs_under(root: &Path, rel: &str, give: impl Fn(&Path)) {
+    let mut p = root.to_path_buf();
+    for c in rel.split('/').filter(|c| !c.is_empty()) {
+        p.push(c);
+        if !p.exists() {
+            std::fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+            give(&p);
+        }
+    }
+}
+
+fn write_under(root: &Path, rel: &str, data: &[u8], give: impl Fn(&Path)) {
+    if let Some((dir, _)) = rel.rsplit_once('/') {
+        mkdirs_under(root, dir, &give);
+    }
+    let p = root.join(rel);
+    std::fs::write(&p, data).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    give(&p);
+}
+
+/// Turns every `X.rclonelink` file under `dir` into the symlink `X`.
+fn links_from_files(dir: &Path) {
+    for e in std::fs::read_dir(dir)
+        .expect("readdir")
+        .map(|e| e.expect("readdir"))
+    {
+        let p = e.path();
+        let ft = e.file_type().expect("file type");
+        if ft.is_dir() {
+            links_from_files(&p);
+        } else if let Some(stem) = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".rclonelink"))
+        {
+            let target = std::fs::read_to_string(&p).expect("read a link file");
+            std::fs::remove_file(&p).expect("remove a link file");
+            std::os::unix::fs::symlink(target, dir.join(stem)).expect("symlink");
+        }
+    }
 }
