@@ -563,7 +563,15 @@ impl Namespace {
         // A provider that keeps no attributes (no mode: S3, WebDAV) stamps what the drive
         // uploads with the time of the upload: the time set here (`cp -a`, `rsync -a`, `make`)
         // stays until another version comes from elsewhere.
-        if changed || e.mode.is_some() {
+        // One that keeps times in whole seconds (SFTP) gives back the drive's own time cut
+        // short: the finer one stays.
+        let cut_short = n
+            .mtime
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| std::time::UNIX_EPOCH + std::time::Duration::from_secs(d.as_secs()))
+            == Some(e.mtime);
+        if changed || (e.mode.is_some() && !cut_short) {
             n.mtime = e.mtime;
         }
         if let Some(m) = e.mode {

@@ -117,7 +117,8 @@ pub struct MountArgs {
     /// The remote: a local folder (a path or a file:// URL), an S3 bucket,
     /// s3://BUCKET[/PREFIX] (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the
     /// AWS profile files), or a WebDAV folder, webdav[s]://[USER@]HOST[:PORT]/PATH (the
-    /// password in SYNCOXIDE_WEBDAV_PASSWORD).
+    /// password in SYNCOXIDE_WEBDAV_PASSWORD), or an SFTP folder, sftp://USER@HOST[:PORT]/PATH
+    /// (key authentication).
     pub remote: String,
     /// An existing, empty directory to mount on.
     pub mountpoint: PathBuf,
@@ -183,6 +184,13 @@ pub struct MountArgs {
     /// default].
     #[arg(long, value_name = "NAME", help_heading = "S3")]
     pub s3_profile: Option<String>,
+    /// The private key of an sftp:// remote (ed25519 or ECDSA; an encrypted one's passphrase
+    /// in SYNCOXIDE_SFTP_KEY_PASSPHRASE) [default: ~/.ssh/id_ed25519, ~/.ssh/id_ecdsa].
+    #[arg(long, value_name = "FILE", help_heading = "SFTP")]
+    pub sftp_key: Option<PathBuf>,
+    /// The known_hosts file the server's key must be in [default: ~/.ssh/known_hosts].
+    #[arg(long, value_name = "FILE", help_heading = "SFTP")]
+    pub sftp_known_hosts: Option<PathBuf>,
     /// Mount read-only.
     #[arg(long, help_heading = "Mount")]
     pub read_only: bool,

@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use fs_core::provider::s3::{S3Config, S3Provider};
+use fs_core::provider::sftp::{SftpConfig, SftpProvider};
 use fs_core::provider::webdav::{WebDavConfig, WebDavProvider};
 use fs_core::VfsConfig;
 
 use crate::aws::{self, S3Options};
 use crate::cli::MountArgs;
 use crate::remote::{
-    default_cache_dir_for, default_cache_dir_for_s3, default_cache_dir_for_webdav, Remote,
+    default_cache_dir_for, default_cache_dir_for_s3, default_cache_dir_for_sftp,
+    default_cache_dir_for_webdav, Remote,
 };
 use crate::units::duration_arg;
 use crate::{mountinfo, registry};
@@ -38,6 +40,61 @@ pub enum PlanRemote {
     },
     /// A WebDAV folder (`http(s)://…/`) and the user of its URL.
     WebDav { url: String, user: Option<String> },
+    /// An SFTP folder, the key file to log in with and the known_hosts file.
+    Sftp {
+        user: String,
+        host: String,
+        port: u16,
+        path: String,
+        key: PathBuf,
+        known_hosts: Option<PathBuf>,
+    },
+}
+
+/// Where the passphrase of an encrypted SFTP key comes from (never the command line).
+pub const SFTP_KEY_PASSPHRASE_ENV: &str = "SYNCOXIDE_SFTP_KEY_PASSPHRASE";
+
+/// The key an SFTP mount logs in with: `--sftp-key`, else the first of `~/.ssh/id_ed25519`,
+/// `~/.ssh/id_ecdsa` that exists.
+fn sftp_key(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(k) = given {
+        return std::path::absolute(k)
+            .with_context(|| format!("cannot make {} absolute", k.display()));
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    for name in ["id_ed25519", "id_ecdsa"] {
+        let p = home.join(".ssh").join(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("no SSH key for the SFTP remote: give one with --sftp-key FILE (ed25519 or ECDSA), or create ~/.ssh/id_ed25519 (ssh-keygen -t ed25519)")
+}
+
+/// The provider settings of an SFTP remote.
+#[allow(clippy::too_many_arguments)]
+pub fn sftp_config(
+    user: &str,
+    host: &str,
+    port: u16,
+    path: &str,
+    key: &Path,
+    known_hosts: Option<&Path>,
+    request_timeout: Duration,
+) -> SftpConfig {
+    SftpConfig {
+        host: host.to_string(),
+        port,
+        user: user.to_string(),
+        path: path.to_string(),
+        key: key.to_path_buf(),
+        key_passphrase: std::env::var(SFTP_KEY_PASSPHRASE_ENV).ok(),
+        known_hosts: known_hosts.map(Path::to_path_buf),
+        host_key_fingerprint: None,
+        request_timeout,
+    }
 }
 
 /// Where the password of a WebDAV remote comes from (never the command line).
@@ -83,6 +140,19 @@ impl PlanRemote {
                     None => format!("{scheme}://{rest}"),
                 }
             }
+            PlanRemote::Sftp {
+                user,
+                host,
+                port,
+                path,
+                ..
+            } => {
+                let sep = if path.starts_with('/') { "/" } else { "" };
+                format!(
+                    "sftp://{user}@{host}:{port}/{sep}{}",
+                    path.trim_start_matches('/')
+                )
+            }
         }
     }
 
@@ -90,7 +160,7 @@ impl PlanRemote {
     pub fn local(&self) -> Option<&Path> {
         match self {
             PlanRemote::Local(p) => Some(p),
-            PlanRemote::S3 { .. } | PlanRemote::WebDav { .. } => None,
+            PlanRemote::S3 { .. } | PlanRemote::WebDav { .. } | PlanRemote::Sftp { .. } => None,
         }
     }
 
@@ -100,13 +170,16 @@ impl PlanRemote {
             PlanRemote::Local(_) => "local",
             PlanRemote::S3 { .. } => "s3",
             PlanRemote::WebDav { .. } => "webdav",
+            PlanRemote::Sftp { .. } => "sftp",
         }
     }
 
     fn arg(&self) -> OsString {
         match self {
             PlanRemote::Local(p) => p.clone().into(),
-            PlanRemote::S3 { .. } | PlanRemote::WebDav { .. } => self.display().into(),
+            PlanRemote::S3 { .. } | PlanRemote::WebDav { .. } | PlanRemote::Sftp { .. } => {
+                self.display().into()
+            }
         }
     }
 }
@@ -174,6 +247,46 @@ impl MountPlan {
                 let cfg = webdav_config(&url, user.as_deref(), args.request_timeout)?;
                 WebDavProvider::new(cfg).map_err(|e| anyhow!("{e}; fix the webdav:// URL"))?;
                 PlanRemote::WebDav { url, user }
+            }
+            Remote::Sftp {
+                user,
+                host,
+                port,
+                path,
+            } => {
+                let key = sftp_key(args.sftp_key.as_deref())?;
+                if !key.is_file() {
+                    bail!(
+                        "the SSH key {} does not exist; give another with --sftp-key",
+                        key.display()
+                    );
+                }
+                let known_hosts = match &args.sftp_known_hosts {
+                    Some(k) => Some(
+                        std::path::absolute(k)
+                            .with_context(|| format!("cannot make {} absolute", k.display()))?,
+                    ),
+                    None => None,
+                };
+                let cfg = sftp_config(
+                    &user,
+                    &host,
+                    port,
+                    &path,
+                    &key,
+                    known_hosts.as_deref(),
+                    args.request_timeout,
+                );
+                SftpProvider::new(cfg)
+                    .map_err(|e| anyhow!("{e}; fix the sftp:// URL or --sftp-key"))?;
+                PlanRemote::Sftp {
+                    user,
+                    host,
+                    port,
+                    path,
+                    key,
+                    known_hosts,
+                }
             }
         };
         let mountpoint = canonical_mountpoint(&args.mountpoint)?;
@@ -306,6 +419,15 @@ impl MountPlan {
             "--request-timeout".into(),
             duration_arg(self.request_timeout).into(),
         ];
+        if let PlanRemote::Sftp {
+            key, known_hosts, ..
+        } = &self.remote
+        {
+            a.extend(["--sftp-key".into(), key.clone().into()]);
+            if let Some(k) = known_hosts {
+                a.extend(["--sftp-known-hosts".into(), k.clone().into()]);
+            }
+        }
         if let PlanRemote::S3 { options, .. } = &self.remote {
             if let Some(e) = &options.endpoint {
                 a.extend(["--s3-endpoint".into(), e.into()]);
@@ -378,6 +500,16 @@ fn cache_dir_of(args: &MountArgs, remote: &PlanRemote) -> Result<PathBuf> {
         (None, PlanRemote::WebDav { url, user }) => {
             default_cache_dir_for_webdav(&base, url, user.as_deref())
         }
+        (
+            None,
+            PlanRemote::Sftp {
+                user,
+                host,
+                port,
+                path,
+                ..
+            },
+        ) => default_cache_dir_for_sftp(&base, user, host, *port, path),
     })
 }
 

@@ -1,7 +1,8 @@
 //! What `REMOTE` names: a local folder, given as a path or a `file://` URL, an S3 bucket,
 //! `s3://BUCKET[/PREFIX]`, or a WebDAV folder, `webdav://[USER@]HOST[:PORT]/PATH` (HTTP) or
-//! `webdavs://…` (HTTPS). Other schemes are refused with a message naming the scheme until
-//! their providers exist.
+//! `webdavs://…` (HTTPS), or an SFTP folder, `sftp://USER@HOST[:PORT]/PATH` (PATH relative to
+//! the login folder; `sftp://USER@HOST[:PORT]//abs/path` for an absolute one). Other schemes are
+//! refused with a message naming the scheme until their providers exist.
 //!
 //! Also the stable short hash that names per-remote cache directories and per-mountpoint
 //! registry files: 64-bit FNV-1a of the canonical path's bytes, as 16 hex digits. It is written
@@ -22,6 +23,13 @@ pub enum Remote {
     S3 { bucket: String, prefix: String },
     /// A WebDAV folder: its `http(s)://host[:port]/path/` URL and the user name of the URL.
     WebDav { url: String, user: Option<String> },
+    /// An SFTP folder.
+    Sftp {
+        user: String,
+        host: String,
+        port: u16,
+        path: String,
+    },
 }
 
 impl Remote {
@@ -85,9 +93,39 @@ impl Remote {
             };
             return Ok(Remote::WebDav { url, user });
         }
+        if scheme.eq_ignore_ascii_case("sftp") {
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let Some((user, hostport)) = authority.rsplit_once('@') else {
+                bail!("the SFTP URL {s:?} names no user; write sftp://USER@HOST[:PORT]/PATH");
+            };
+            if user.is_empty() || user.contains(':') {
+                bail!("the SFTP URL {s:?} needs a user and no password (keys only): sftp://USER@HOST[:PORT]/PATH");
+            }
+            let (host, port) = match hostport.rsplit_once(':') {
+                Some((h, p)) => match p.parse::<u16>() {
+                    Ok(p) if p > 0 => (h, p),
+                    _ => bail!("the port of the SFTP URL {s:?} is not a number from 1 to 65535"),
+                },
+                None => (hostport, 22),
+            };
+            if host.is_empty() {
+                bail!("the SFTP URL {s:?} names no host; write sftp://USER@HOST[:PORT]/PATH");
+            }
+            let path = if let Some(abs) = path.strip_prefix('/') {
+                format!("/{}", abs.trim_matches('/'))
+            } else {
+                path.trim_matches('/').to_string()
+            };
+            return Ok(Remote::Sftp {
+                user: user.to_string(),
+                host: host.to_string(),
+                port,
+                path,
+            });
+        }
         if !scheme.eq_ignore_ascii_case("file") {
             bail!(
-                "remotes of scheme {scheme:?} are not supported yet; give a folder path, a file:// URL, an s3://BUCKET[/PREFIX] or a webdav(s)://HOST/PATH URL"
+                "remotes of scheme {scheme:?} are not supported yet; give a folder path, a file:// URL, an s3://BUCKET[/PREFIX], webdav(s)://HOST/PATH or sftp://USER@HOST/PATH URL"
             );
         }
         // file://host/path: only an empty host or localhost is this machine.
@@ -158,6 +196,20 @@ pub fn default_cache_dir_for_webdav(base: &Path, url: &str, user: Option<&str>) 
     base.join(format!(
         "webdav-{}",
         short_hash(format!("{url}\n{}", user.unwrap_or("")).as_bytes())
+    ))
+}
+
+/// The default cache directory of an SFTP remote: `BASE/sftp-HASH` of user, host, port, path.
+pub fn default_cache_dir_for_sftp(
+    base: &Path,
+    user: &str,
+    host: &str,
+    port: u16,
+    path: &str,
+) -> PathBuf {
+    base.join(format!(
+        "sftp-{}",
+        short_hash(format!("{user}\n{host}\n{port}\n{path}").as_bytes())
     ))
 }
 
@@ -235,11 +287,31 @@ mod tests {
 
     #[test]
     fn other_schemes_and_bad_urls_are_refused() {
-        let e = Remote::parse("sftp://me@host/dir").unwrap_err().to_string();
+        let e = Remote::parse("ftp://me@host/dir").unwrap_err().to_string();
         assert!(
-            e.contains("\"sftp\"") && e.contains("not supported yet"),
+            e.contains("\"ftp\"") && e.contains("not supported yet"),
             "{e}"
         );
+        assert_eq!(
+            Remote::parse("sftp://me@h:2222/data/x/").unwrap(),
+            Remote::Sftp {
+                user: "me".into(),
+                host: "h".into(),
+                port: 2222,
+                path: "data/x".into()
+            }
+        );
+        assert_eq!(
+            Remote::parse("sftp://me@h//srv/x").unwrap(),
+            Remote::Sftp {
+                user: "me".into(),
+                host: "h".into(),
+                port: 22,
+                path: "/srv/x".into()
+            }
+        );
+        assert!(Remote::parse("sftp://h/x").is_err());
+        assert!(Remote::parse("sftp://me:pw@h/x").is_err());
         let e = Remote::parse("s3:///dir").unwrap_err().to_string();
         assert!(e.contains("no bucket"), "{e}");
         let e = Remote::parse("s3://b/a/../c").unwrap_err().to_string();

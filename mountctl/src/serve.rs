@@ -18,6 +18,7 @@ use anyhow::{anyhow, Context, Result};
 use cache::{CacheConfig, CacheLimit, ChunkCache, KdfParams, Passphrase};
 use fs_core::provider::local::LocalProvider;
 use fs_core::provider::s3::S3Provider;
+use fs_core::provider::sftp::SftpProvider;
 use fs_core::provider::webdav::WebDavProvider;
 use fs_core::provider::Provider;
 use fs_core::Vfs;
@@ -102,6 +103,25 @@ fn serve(
         PlanRemote::WebDav { url, user } => {
             let cfg = crate::plan::webdav_config(url, user.as_deref(), plan.request_timeout)?;
             Arc::new(WebDavProvider::new(cfg).map_err(|e| anyhow!("{e}"))?)
+        }
+        PlanRemote::Sftp {
+            user,
+            host,
+            port,
+            path,
+            key,
+            known_hosts,
+        } => {
+            let cfg = crate::plan::sftp_config(
+                user,
+                host,
+                *port,
+                path,
+                key,
+                known_hosts.as_deref(),
+                plan.request_timeout,
+            );
+            Arc::new(SftpProvider::new(cfg).map_err(|e| anyhow!("{e}"))?)
         }
     };
     let vfs = Vfs::new(plan.vfs_config(), Arc::new(cache), provider).map_err(|e| {

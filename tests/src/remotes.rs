@@ -9,6 +9,7 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 use crate::servers::s3;
+use crate::sftp_server::{sftp, SftpFolder};
 use crate::webdav_server::{webdav, DavFolder};
 use crate::{format_lines, tempdir, tree_diff, Drive, DriveBuilder, TempDir};
 
@@ -17,6 +18,7 @@ pub enum TestRemote {
     Folder(TempDir),
     S3 { bucket: String },
     WebDav(DavFolder),
+    Sftp(SftpFolder),
 }
 
 /// A remote's tree as a folder on disk (kept as long as this lives).
@@ -55,12 +57,18 @@ impl TestRemote {
         TestRemote::WebDav(webdav().folder(what))
     }
 
-    /// `local`, `s3` or `webdav`.
+    /// A new folder of the test SFTP server (sshd).
+    pub fn sftp(what: &str) -> TestRemote {
+        TestRemote::Sftp(sftp().folder(what))
+    }
+
+    /// `local`, `s3`, `webdav` or `sftp`.
     pub fn kind(&self) -> &'static str {
         match self {
             TestRemote::Folder(_) => "local",
             TestRemote::S3 { .. } => "s3",
             TestRemote::WebDav(_) => "webdav",
+            TestRemote::Sftp(_) => "sftp",
         }
     }
 
@@ -75,6 +83,7 @@ impl TestRemote {
                     .arg("--request-timeout")
                     .arg("10s")
             }
+            TestRemote::Sftp(f) => sftp_builder(f, sftp().port),
         }
     }
 
@@ -84,6 +93,7 @@ impl TestRemote {
             TestRemote::Folder(_) => None,
             TestRemote::S3 { .. } => Some(s3().port),
             TestRemote::WebDav(_) => Some(webdav().port),
+            TestRemote::Sftp(_) => Some(sftp().port),
         }
     }
 
@@ -115,6 +125,7 @@ impl TestRemote {
                     .arg("--request-timeout")
                     .arg("5s")
             }
+            TestRemote::Sftp(f) => sftp_builder(f, port),
         }
     }
 
@@ -123,9 +134,10 @@ impl TestRemote {
     }
 
     /// Whether permission bits and modification times are stored on the remote (S3 and
-    /// WebDAV keep neither: the drive keeps them while it has the file's state).
+    /// WebDAV keep neither: the drive keeps them while it has the file's state; SFTP keeps
+    /// both, times in whole seconds).
     pub fn keeps_attrs(&self) -> bool {
-        matches!(self, TestRemote::Folder(_))
+        matches!(self, TestRemote::Folder(_) | TestRemote::Sftp(_))
     }
 
     /// What the remote holds now, as a folder.
@@ -151,6 +163,10 @@ impl TestRemote {
                     _download: Some(t),
                 }
             }
+            TestRemote::Sftp(f) => RemoteView {
+                path: f.path.clone(),
+                _download: None,
+            },
             TestRemote::S3 { bucket } => {
                 let t = s3().download(bucket);
                 RemoteView {
@@ -184,6 +200,7 @@ impl TestRemote {
         let data = data.as_ref();
         match self {
             TestRemote::Folder(d) => write_under(d.path(), rel, data, |_| {}),
+            TestRemote::Sftp(f) => write_under(&f.path, rel, data, |_| {}),
             TestRemote::WebDav(f) => write_under(&f.path, rel, data, |p| webdav().give(p)),
             TestRemote::S3 { bucket } => s3().put(bucket, rel, data),
         }
@@ -193,6 +210,7 @@ impl TestRemote {
     pub fn mkdir(&self, rel: &str) {
         match self {
             TestRemote::Folder(d) => mkdirs_under(d.path(), rel, |_| {}),
+            TestRemote::Sftp(f) => mkdirs_under(&f.path, rel, |_| {}),
             TestRemote::WebDav(f) => mkdirs_under(&f.path, rel, |p| webdav().give(p)),
             TestRemote::S3 { bucket } => s3().put(bucket, &format!("{rel}/"), b""),
         }
@@ -212,6 +230,7 @@ impl TestRemote {
         };
         match self {
             TestRemote::Folder(d) => rm(&d.path().join(rel)),
+            TestRemote::Sftp(f) => rm(&f.path.join(rel)),
             TestRemote::WebDav(f) => rm(&f.path.join(rel)),
             TestRemote::S3 { bucket } => {
                 let dir = format!("{rel}/");
@@ -242,8 +261,9 @@ impl TestRemote {
     }
 }
 
-/// Runs each scenario `fn NAME(remote: &TestRemote)` on a local folder, an S3 bucket and a
-/// WebDAV folder, as the tests `local::NAME`, `s3::NAME` and `webdav::NAME`.
+/// Runs each scenario `fn NAME(remote: &TestRemote)` on a local folder, an S3 bucket, a WebDAV
+/// folder and an SFTP folder, as the tests `local::NAME`, `s3::NAME`, `webdav::NAME` and
+/// `sftp::NAME`.
 #[macro_export]
 macro_rules! on_every_remote {
     ($($scenario:ident),* $(,)?) => {
@@ -268,6 +288,14 @@ macro_rules! on_every_remote {
                 #[test]
                 fn $scenario() {
                     super::$scenario(&$crate::remotes::TestRemote::webdav(stringify!($scenario)));
+                }
+            )*
+        }
+        mod sftp {
+            $(
+                #[test]
+                fn $scenario() {
+                    super::$scenario(&$crate::remotes::TestRemote::sftp(stringify!($scenario)));
                 }
             )*
         }
@@ -314,4 +342,22 @@ fn links_from_files(dir: &Path) {
             std::os::unix::fs::symlink(target, dir.join(stem)).expect("symlink");
         }
     }
+}
+
+/// `mountctl mount sftp://USER@127.0.0.1:PORT//ABS/PATH` with the test server's key and
+/// known_hosts.
+fn sftp_builder(f: &SftpFolder, port: u16) -> DriveBuilder {
+    let server = sftp();
+    let url = format!(
+        "sftp://{}@127.0.0.1:{port}//{}",
+        server.user,
+        f.remote.trim_start_matches('/')
+    );
+    Drive::builder(Path::new(&url))
+        .arg("--sftp-key")
+        .arg(&server.client_key)
+        .arg("--sftp-known-hosts")
+        .arg(&server.known_hosts)
+        .arg("--request-timeout")
+        .arg("10s")
 }
