@@ -11,8 +11,13 @@ cargo fmt --all -- --check
 
 echo "== dependency direction: fs-core and cache know nothing of FUSE, WinFSP, errno or clap"
 for crate in syncoxide-cache syncoxide-fs-core; do
-  if cargo tree -e normal -p "$crate" --prefix none 2>/dev/null | grep -E '^(fuser|winfsp|clap|libc|nix) ' ; then
+  # No adapter or CLI crate anywhere below them ...
+  if cargo tree -e normal -p "$crate" --prefix none 2>/dev/null | grep -E '^(fuser|winfsp|clap) ' ; then
     echo "error: $crate depends on an adapter or CLI crate (above)"; exit 1
+  fi
+  # ... and no errno crate of their own (tokio and russh use libc underneath; that is theirs).
+  if cargo tree -e normal -p "$crate" --depth 1 --prefix none 2>/dev/null | grep -E '^(libc|nix|errno) ' ; then
+    echo "error: $crate depends directly on an errno crate (above)"; exit 1
   fi
 done
 

@@ -795,7 +795,7 @@ impl Vfs {
         let _g = lock_.lock().await;
         let cs = self.inner.cfg.chunk_size;
         let old = lock(&self.inner.ns).get(node).map_or(0, |n| n.content.size);
-        if size < old && size % cs != 0 {
+        if size < old && !size.is_multiple_of(cs) {
             // The partial last chunk must read as zeros past the new end if the file grows again.
             let i = size / cs;
             let have = lock(&self.inner.bufs)
