@@ -14,6 +14,7 @@ use bytes::Bytes;
 use fs_core::provider::local::{LocalProvider, TMP_PREFIX};
 use fs_core::provider::memory::MemoryProvider;
 use fs_core::provider::s3::{S3Config, S3Provider};
+use fs_core::provider::sftp::{SftpConfig, SftpProvider};
 use fs_core::provider::webdav::{WebDavConfig, WebDavProvider, APACHE_TMP_PREFIX};
 use fs_core::provider::{
     collect, once, ByteStream, EntryKind, ObjectAttrs, Precondition, Provider, ProviderError,
@@ -282,8 +283,11 @@ impl Backing for WebDav {
         let md = std::fs::symlink_metadata(&p).ok()?;
         md.is_file().then(|| std::fs::read(&p).unwrap())
     }
+    /// A symlink `l` is the file `l.rclonelink`.
     fn exists(&self, path: &str) -> bool {
+        let link = format!("{path}{}", fs_core::provider::s3::LINK_SUFFIX);
         std::fs::symlink_metadata(self.abs(path)).is_ok()
+            || std::fs::symlink_metadata(self.abs(&link)).is_ok()
     }
     /// Gives Apache a moment to remove the temporary file of an upload this provider aborted
     /// (it does once it notices the connection closed).
@@ -310,8 +314,88 @@ impl Backing for WebDav {
         None
     }
     fn capabilities(&self) -> (bool, bool, bool) {
-        (true, false, false)
+        (true, true, false)
     }
+}
+
+/// A fresh folder of the test SFTP server (OpenSSH's sshd with internal-sftp, started by the
+/// harness on 127.0.0.1). The server is this machine: the backing state is the folder on disk.
+struct Sftp {
+    provider: SftpProvider,
+    folder: harness::sftp_server::SftpFolder,
+}
+
+fn sftp_config(server: &harness::sftp_server::SftpServer, remote: &str) -> SftpConfig {
+    SftpConfig {
+        host: server.host.clone(),
+        port: server.port,
+        user: server.user.clone(),
+        path: remote.to_string(),
+        key: server.client_key.clone(),
+        key_passphrase: None,
+        known_hosts: Some(server.known_hosts.clone()),
+        host_key_fingerprint: None,
+        request_timeout: Duration::from_secs(20),
+    }
+}
+
+impl Sftp {
+    fn new(what: &str) -> Self {
+        Self::on(harness::sftp_server::sftp(), what)
+    }
+
+    fn on(server: &harness::sftp_server::SftpServer, what: &str) -> Self {
+        let folder = server.folder(what);
+        let provider = SftpProvider::new(sftp_config(server, &folder.remote)).unwrap();
+        Sftp { provider, folder }
+    }
+
+    fn abs(&self, path: &str) -> PathBuf {
+        self.folder.path.join(path)
+    }
+}
+
+impl Backing for Sftp {
+    fn provider(&self) -> &dyn Provider {
+        &self.provider
+    }
+    fn file(&self, path: &str) -> Option<Vec<u8>> {
+        let p = self.abs(path);
+        let md = std::fs::symlink_metadata(&p).ok()?;
+        md.is_file().then(|| std::fs::read(&p).unwrap())
+    }
+    fn exists(&self, path: &str) -> bool {
+        std::fs::symlink_metadata(self.abs(path)).is_ok()
+    }
+    fn raw_names(&self, dir: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.abs(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+    fn put_file(&self, path: &str, data: &[u8]) {
+        std::fs::write(self.abs(path), data).unwrap();
+    }
+    fn page_size(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// Runs a scenario against [`Sftp`]: SFTP v3 keeps times as whole seconds since 1970 (32 bits),
+/// so the two scenarios that set times to the nanosecond, and before 1970, run in a variant
+/// with whole-second times (at the end of the file); every other scenario runs as it is.
+macro_rules! sftp_scenario {
+    (write_stat_read_round_trip, $h:expr) => {
+        crate::sftp_write_stat_read_round_trip($h).await
+    };
+    (set_attrs_mode_and_mtime, $h:expr) => {
+        crate::sftp_set_attrs_mode_and_mtime($h).await
+    };
+    ($scenario:ident, $h:expr) => {
+        crate::$scenario($h).await
+    };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1197,6 +1281,15 @@ macro_rules! conformance {
                 async fn $scenario() {
                     let h = super::WebDav::new(stringify!($scenario));
                     super::$scenario(&h).await;
+                }
+            )*
+        }
+        mod sftp {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let h = super::Sftp::new(stringify!($scenario));
+                    sftp_scenario!($scenario, &h);
                 }
             )*
         }
@@ -2295,6 +2388,59 @@ async fn webdav_directory_replaces_only_an_empty_directory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webdav_symlinks_are_rclone_link_files() {
+    let h = WebDav::new("links");
+    let p = &h.provider;
+    // Made by `rclone --links` behind the provider's back: a link file whose body is the target.
+    h.put_file("made-by-rclone.rclonelink", b"some/target");
+    let e = p.stat(&rp("made-by-rclone")).await.unwrap();
+    assert_eq!(e.kind, EntryKind::Symlink);
+    assert_eq!(e.symlink_target.as_deref(), Some("some/target"));
+    assert_eq!(e.size, "some/target".len() as u64);
+    assert_eq!(list_all(&h, "").await, vec![e]);
+    assert_eq!(
+        p.stat(&rp("made-by-rclone.rclonelink")).await.unwrap_err(),
+        ProviderError::NotFound(rp("made-by-rclone.rclonelink"))
+    );
+    // Ours are the same files.
+    p.symlink(&rp("mine"), "../up").await.unwrap();
+    assert_eq!(h.file("mine.rclonelink").unwrap(), b"../up");
+    assert_eq!(h.file("mine"), None, "not a file");
+    // A file written over a link replaces it; a link renamed over a file replaces the file.
+    put(p, "mine", b"now a file").await;
+    assert_eq!(p.stat(&rp("mine")).await.unwrap().kind, EntryKind::File);
+    assert_eq!(h.raw_names(""), ["made-by-rclone.rclonelink", "mine"]);
+    let e = p
+        .rename(&rp("made-by-rclone"), &rp("mine"), true)
+        .await
+        .unwrap();
+    assert_eq!(e.symlink_target.as_deref(), Some("some/target"));
+    assert_eq!(p.stat(&rp("mine")).await.unwrap(), e);
+    assert_eq!(h.raw_names(""), ["mine.rclonelink"]);
+    // A file renamed over a link replaces the link.
+    put(p, "f", b"file").await;
+    let e = p.rename(&rp("f"), &rp("mine"), true).await.unwrap();
+    assert_eq!(e.kind, EntryKind::File);
+    assert_eq!(p.stat(&rp("mine")).await.unwrap(), e);
+    assert_eq!(h.raw_names(""), ["mine"]);
+    assert_eq!(h.file("mine").unwrap(), b"file");
+    // The suffix is not a name one can use.
+    let err = p.mkdir(&rp("x.rclonelink")).await.unwrap_err();
+    assert!(matches!(err, ProviderError::InvalidName { .. }), "{err:?}");
+    let err = p
+        .write(
+            &rp("x.rclonelink"),
+            body(b"x", 1),
+            1,
+            Precondition::None,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProviderError::InvalidName { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_symlinks_are_rclone_link_objects() {
     let h = S3::new("links", None).await;
     let p = &h.provider;
@@ -2324,4 +2470,1173 @@ async fn s3_symlinks_are_rclone_link_objects() {
     // The suffix is not a name one can use.
     let err = p.mkdir(&rp("x.rclonelink")).await.unwrap_err();
     assert!(matches!(err, ProviderError::InvalidName { .. }), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// SFTP only
+
+/// [`write_stat_read_round_trip`] with times in whole seconds (all SFTP v3 keeps).
+async fn sftp_write_stat_read_round_trip(h: &dyn Backing) {
+    let p = h.provider();
+    for (name, len) in [("empty", 0usize), ("small", 1234), ("big", 3 << 20)] {
+        let bytes = data(len, 1);
+        let written = p
+            .write(
+                &rp(name),
+                body(&bytes, 64 * 1024 + 7),
+                len as u64,
+                Precondition::None,
+                ObjectAttrs::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(written.name, name);
+        assert_eq!(written.kind, EntryKind::File);
+        assert_eq!(written.size, len as u64);
+        let st = p.stat(&rp(name)).await.unwrap();
+        assert_eq!(st, written);
+        assert_eq!(read_all(p, name, &st.version).await, bytes);
+        assert_eq!(h.file(name).unwrap(), bytes);
+    }
+    p.mkdir(&rp("d")).await.unwrap();
+    let mtime = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    let e = p
+        .write(
+            &rp("d/f"),
+            body(b"hello", 2),
+            5,
+            Precondition::None,
+            ObjectAttrs {
+                mode: Some(0o640),
+                mtime: Some(mtime),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.mode, Some(0o640));
+    assert_eq!(e.mtime, mtime);
+    assert_eq!(p.stat(&rp("d/f")).await.unwrap(), e);
+    assert_eq!(h.file("d/f").unwrap(), b"hello");
+    // Rewritten without a mode: the mode stays.
+    let e = p
+        .write(
+            &rp("d/f"),
+            body(b"hello again", 4),
+            11,
+            Precondition::None,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.mode, Some(0o640));
+    assert_ne!(e.mtime, mtime);
+    assert_eq!(p.stat(&rp("d/f")).await.unwrap(), e);
+    // A time with nanoseconds is kept to the second; one before 1970 becomes 1970.
+    let e = p
+        .write(
+            &rp("d/g"),
+            body(b"g", 1),
+            1,
+            Precondition::None,
+            ObjectAttrs {
+                mode: Some(0o777),
+                mtime: Some(mtime + Duration::new(3, 999_999_999)),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.mtime, mtime + Duration::from_secs(3));
+    assert_eq!(e.mode, Some(0o777), "exactly, whatever the umask");
+    no_tmp_left(h, "");
+    no_tmp_left(h, "d");
+}
+
+/// [`set_attrs_mode_and_mtime`] with times in whole seconds.
+async fn sftp_set_attrs_mode_and_mtime(h: &dyn Backing) {
+    let p = h.provider();
+    put(p, "f", b"abc").await;
+    let mtime = UNIX_EPOCH + Duration::from_secs(978_307_200);
+    let e = p
+        .set_attrs(
+            &rp("f"),
+            ObjectAttrs {
+                mode: Some(0o600),
+                mtime: Some(mtime + Duration::from_nanos(987_654_321)),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.mode, Some(0o600));
+    assert_eq!(e.mtime, mtime);
+    assert_eq!(e.size, 3);
+    assert_eq!(p.stat(&rp("f")).await.unwrap(), e);
+    assert_eq!(h.file("f").unwrap(), b"abc");
+    let e2 = p
+        .set_attrs(
+            &rp("f"),
+            ObjectAttrs {
+                mode: Some(0o755),
+                mtime: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(e2.mode, Some(0o755));
+    assert_eq!(e2.mtime, mtime);
+    // A time before 1970 is clamped to 1970; a directory.
+    p.mkdir(&rp("d")).await.unwrap();
+    let e3 = p
+        .set_attrs(
+            &rp("d"),
+            ObjectAttrs {
+                mode: Some(0o700),
+                mtime: Some(UNIX_EPOCH - Duration::new(86_400, 500)),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(e3.mtime, UNIX_EPOCH);
+    assert_eq!(e3.mode, Some(0o700));
+    assert_eq!(p.stat(&rp("d")).await.unwrap(), e3);
+    // The mtime of a symlink itself (lsetstat@openssh.com); its mode is left alone.
+    p.symlink(&rp("l"), "f").await.unwrap();
+    let e4 = p
+        .set_attrs(
+            &rp("l"),
+            ObjectAttrs {
+                mode: Some(0o600),
+                mtime: Some(mtime + Duration::from_secs(5)),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(e4.mtime, mtime + Duration::from_secs(5));
+    assert_eq!(e4.kind, EntryKind::Symlink);
+    assert_eq!(
+        p.stat(&rp("f")).await.unwrap().mtime,
+        mtime,
+        "the target is untouched"
+    );
+    assert_eq!(p.stat(&rp("f")).await.unwrap().mode, Some(0o755));
+    // Setting nothing changes nothing.
+    assert_eq!(
+        p.set_attrs(&rp("f"), ObjectAttrs::default()).await.unwrap(),
+        p.stat(&rp("f")).await.unwrap()
+    );
+}
+
+async fn assert_sftp_unreachable(p: &SftpProvider, v: &Version, folder: &str) {
+    let is_unreachable = |r: Result<(), ProviderError>, what: &str| match r {
+        Err(ProviderError::Unreachable(msg)) => {
+            assert!(
+                msg.contains(folder),
+                "{what}: message names the folder: {msg}"
+            )
+        }
+        other => panic!("{what}: expected Unreachable, got {other:?}"),
+    };
+    is_unreachable(p.stat(&rp("f")).await.map(drop), "stat");
+    is_unreachable(p.stat(&rp("d/f")).await.map(drop), "stat d/f");
+    is_unreachable(p.stat(&RemotePath::root()).await.map(drop), "stat root");
+    is_unreachable(p.list(&RemotePath::root(), None).await.map(drop), "list");
+    is_unreachable(p.list(&rp("d"), None).await.map(drop), "list d");
+    is_unreachable(p.read(&rp("f"), v, 0, 10).await.map(drop), "read");
+    is_unreachable(
+        p.write(
+            &rp("f"),
+            body(b"1", 1),
+            1,
+            Precondition::None,
+            ObjectAttrs::default(),
+        )
+        .await
+        .map(drop),
+        "write",
+    );
+    is_unreachable(p.mkdir(&rp("d")).await.map(drop), "mkdir");
+    is_unreachable(p.rmdir(&rp("d")).await.map(drop), "rmdir");
+    is_unreachable(
+        p.delete(&rp("f"), Precondition::None).await.map(drop),
+        "delete",
+    );
+    is_unreachable(p.rename(&rp("f"), &rp("g"), true).await.map(drop), "rename");
+    is_unreachable(p.symlink(&rp("l"), "f").await.map(drop), "symlink");
+    is_unreachable(
+        p.set_attrs(&rp("f"), ObjectAttrs::default())
+            .await
+            .map(drop),
+        "set_attrs",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_root_missing_is_unreachable_not_not_found() {
+    let h = Sftp::new("root-missing");
+    let p = &h.provider;
+    let v = put(p, "f", b"data").await.version;
+    p.mkdir(&rp("d")).await.unwrap();
+    std::fs::remove_dir_all(&h.folder.path).unwrap();
+    assert_sftp_unreachable(p, &v, &h.folder.remote).await;
+
+    // A file where the folder was is no better.
+    std::fs::write(&h.folder.path, b"not a folder").unwrap();
+    assert_sftp_unreachable(p, &v, &h.folder.remote).await;
+    std::fs::remove_file(&h.folder.path).unwrap();
+
+    // Back again (an empty folder): now answers are real answers.
+    std::fs::create_dir(&h.folder.path).unwrap();
+    assert_eq!(
+        p.stat(&rp("f")).await.unwrap_err(),
+        ProviderError::NotFound(rp("f"))
+    );
+    put(p, "f", b"again").await;
+    assert_eq!(h.file("f").unwrap(), b"again");
+
+    // A folder that never existed.
+    let server = harness::sftp_server::sftp();
+    let missing = format!("{}/never-made", h.folder.remote);
+    let p = SftpProvider::new(sftp_config(server, &missing)).unwrap();
+    assert!(p.describe().contains("never-made"), "{}", p.describe());
+    assert_sftp_unreachable(&p, &v, &missing).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_dead_port_is_unreachable_quickly() {
+    let server = harness::sftp_server::sftp();
+    // Nothing listens on the port: refused at once, and named.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let p = SftpProvider::new(SftpConfig {
+        port,
+        ..sftp_config(server, "/")
+    })
+    .unwrap();
+    let who = format!("{}@127.0.0.1:{port}", server.user);
+    let t0 = std::time::Instant::now();
+    for err in [
+        p.stat(&rp("f")).await.unwrap_err(),
+        p.list(&RemotePath::root(), None).await.unwrap_err(),
+        p.read(&rp("f"), &Version::from("x"), 0, 10)
+            .await
+            .err()
+            .unwrap(),
+        p.write(
+            &rp("f"),
+            body(b"1", 1),
+            1,
+            Precondition::None,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err(),
+    ] {
+        match err {
+            ProviderError::Unreachable(msg) => assert!(msg.contains(&who), "{msg}"),
+            e => panic!("{e:?}"),
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}
+
+/// A server that accepts connections and never says a word: every call ends with `TimedOut`
+/// after the request timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_silent_server_times_out() {
+    let server = harness::sftp_server::sftp();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().take(4) {
+            held.push(conn);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let p = SftpProvider::new(SftpConfig {
+        port,
+        request_timeout: Duration::from_millis(700),
+        ..sftp_config(server, "/")
+    })
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    assert_eq!(p.stat(&rp("f")).await.unwrap_err(), ProviderError::TimedOut);
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "bounded by the request timeout: {:?}",
+        t0.elapsed()
+    );
+    assert!(ProviderError::TimedOut.is_unreachable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_keys_and_host_keys() {
+    use fs_core::provider::sftp::SftpConfigError;
+    use harness::sftp_server::KEY_PASSPHRASE;
+    let server = harness::sftp_server::sftp();
+    let folder = server.folder("keys");
+    let cfg = sftp_config(server, &folder.remote);
+    // A key the server does not know, or a user it does not let in: PermissionDenied.
+    for p in [
+        SftpProvider::new(SftpConfig {
+            key: server.unknown_key.clone(),
+            ..cfg.clone()
+        })
+        .unwrap(),
+        SftpProvider::new(SftpConfig {
+            user: "nobody-known".into(),
+            ..cfg.clone()
+        })
+        .unwrap(),
+    ] {
+        assert_eq!(
+            p.stat(&rp("f")).await.unwrap_err(),
+            ProviderError::PermissionDenied(rp("f"))
+        );
+        assert_eq!(
+            p.write(
+                &rp("f"),
+                body(b"1", 1),
+                1,
+                Precondition::None,
+                ObjectAttrs::default()
+            )
+            .await
+            .unwrap_err(),
+            ProviderError::PermissionDenied(rp("f"))
+        );
+    }
+    assert!(!folder.path.join("f").exists());
+
+    // An encrypted key: without its passphrase, or with a wrong one, it cannot be used.
+    let encrypted = |pass: Option<&str>| SftpConfig {
+        key: server.encrypted_key.clone(),
+        key_passphrase: pass.map(str::to_string),
+        ..cfg.clone()
+    };
+    for pass in [None, Some("wrong")] {
+        assert!(matches!(
+            SftpProvider::new(encrypted(pass)),
+            Err(SftpConfigError::Key { .. })
+        ));
+    }
+    let p = SftpProvider::new(encrypted(Some(KEY_PASSPHRASE))).unwrap();
+    assert!(!format!("{p:?}").contains(KEY_PASSPHRASE));
+    assert!(!p.describe().contains(KEY_PASSPHRASE));
+    let e = put(&p, "f", b"with the encrypted key").await;
+    assert_eq!(
+        read_all(&p, "f", &e.version).await,
+        b"with the encrypted key"
+    );
+    assert!(matches!(
+        SftpProvider::new(SftpConfig {
+            key: folder.path.join("no-such-key"),
+            ..cfg.clone()
+        }),
+        Err(SftpConfigError::Key { .. })
+    ));
+
+    // The host key: the right fingerprint works; a wrong one, or a known_hosts file without
+    // the server, fails the connection (Unreachable, saying why).
+    let with_fp = |fp: &str| {
+        SftpProvider::new(SftpConfig {
+            host_key_fingerprint: Some(fp.to_string()),
+            known_hosts: None,
+            ..cfg.clone()
+        })
+        .unwrap()
+    };
+    let p = with_fp(&server.host_key_fingerprint);
+    assert_eq!(p.stat(&rp("f")).await.unwrap(), e);
+    let p = with_fp("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    match p.stat(&rp("f")).await.unwrap_err() {
+        ProviderError::Unreachable(msg) => {
+            assert!(msg.contains("host key"), "{msg}");
+            assert!(msg.contains(&server.host_key_fingerprint), "{msg}");
+        }
+        e => panic!("{e:?}"),
+    }
+    let empty = folder.path.join("known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    let p = SftpProvider::new(SftpConfig {
+        known_hosts: Some(empty),
+        ..cfg.clone()
+    })
+    .unwrap();
+    match p.stat(&rp("f")).await.unwrap_err() {
+        ProviderError::Unreachable(msg) => assert!(msg.contains("known_hosts"), "{msg}"),
+        e => panic!("{e:?}"),
+    }
+    assert!(matches!(
+        SftpProvider::new(SftpConfig {
+            host_key_fingerprint: Some("MD5:aa:bb".into()),
+            ..cfg.clone()
+        }),
+        Err(SftpConfigError::Fingerprint(_))
+    ));
+}
+
+/// Reads the first piece of a 3 MiB file, lets `change` modify it on disk, and returns the
+/// file's bytes, how many bytes the first piece had, and the rest of the stream.
+async fn sftp_read_while_changing(
+    h: &Sftp,
+    change: impl FnOnce(&Path),
+) -> (Vec<u8>, usize, Vec<Result<Bytes, ProviderError>>) {
+    let p = &h.provider;
+    let bytes = data(3 << 20, 5);
+    let v = put(p, "f", &bytes).await.version;
+    let mut s = p.read(&rp("f"), &v, 0, u64::MAX).await.unwrap();
+    let first = s.next().await.unwrap().unwrap();
+    assert!(!first.is_empty() && first.len() <= 1 << 20);
+    assert_eq!(&first[..], &bytes[..first.len()]);
+    change(&h.abs("f"));
+    let mut rest = Vec::new();
+    while let Some(item) = s.next().await {
+        rest.push(item);
+    }
+    (bytes, first.len(), rest)
+}
+
+/// Every byte after the first piece is from the old version, and the stream ends with
+/// `PreconditionFailed` (when `must_fail`) or complete.
+fn assert_never_mixed(
+    bytes: &[u8],
+    first: usize,
+    rest: Vec<Result<Bytes, ProviderError>>,
+    must_fail: bool,
+) {
+    let mut got = Vec::new();
+    let mut failed = false;
+    for item in rest {
+        assert!(!failed, "nothing after the error");
+        match item {
+            Ok(b) => got.extend_from_slice(&b),
+            Err(e) => {
+                assert_eq!(e, ProviderError::PreconditionFailed { path: rp("f") });
+                failed = true;
+            }
+        }
+    }
+    assert_eq!(
+        got,
+        &bytes[first..first + got.len()],
+        "only bytes of the old version"
+    );
+    if must_fail {
+        assert!(failed, "the stream ends with PreconditionFailed");
+    } else {
+        assert!(!failed);
+        assert_eq!(first + got.len(), bytes.len(), "complete");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_file_changed_during_a_read_fails_never_mixes() {
+    // Rewritten in place with another size.
+    let h = Sftp::new("read-rewritten");
+    let (bytes, first, rest) =
+        sftp_read_while_changing(&h, |f| std::fs::write(f, data((2 << 20) + 1, 6)).unwrap()).await;
+    assert_never_mixed(&bytes, first, rest, true);
+
+    // Patched in place, same size, the mtime moved (as any write a second later does).
+    let h = Sftp::new("read-patched");
+    let (bytes, first, rest) = sftp_read_while_changing(&h, |f| {
+        let file = std::fs::OpenOptions::new().write(true).open(f).unwrap();
+        std::os::unix::fs::FileExt::write_at(&file, b"patched", 2 << 20).unwrap();
+        file.set_modified(SystemTime::now() + Duration::from_secs(10))
+            .unwrap();
+    })
+    .await;
+    assert_never_mixed(&bytes, first, rest, true);
+
+    // Replaced by rename: the open file keeps the old contents, read to the end.
+    let h = Sftp::new("read-replaced");
+    let (bytes, first, rest) = sftp_read_while_changing(&h, |f| {
+        let tmp = f.with_file_name("other");
+        std::fs::write(&tmp, b"replacement").unwrap();
+        std::fs::rename(&tmp, f).unwrap();
+    })
+    .await;
+    assert_never_mixed(&bytes, first, rest, false);
+
+    // A read of a file changed between stat and read: refused before any byte.
+    let p = &h.provider;
+    let v = p.stat(&rp("f")).await.unwrap().version;
+    h.put_file("f", b"changed again");
+    assert_eq!(
+        p.read(&rp("f"), &v, 0, 10).await.err().unwrap(),
+        ProviderError::PreconditionFailed { path: rp("f") }
+    );
+}
+
+fn sftp_tmp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(TMP_PREFIX))
+        .collect()
+}
+
+/// A body of `chunks`, which calls `between` after handing out the first.
+fn body_with_side_effect(
+    chunks: Vec<Vec<u8>>,
+    between: impl FnOnce() + Send + 'static,
+) -> ByteStream {
+    let mut between = Some(between);
+    let items: Vec<_> = chunks.into_iter().enumerate().collect();
+    Box::pin(futures::stream::iter(items).map(move |(i, c)| {
+        if i == 1 {
+            if let Some(f) = between.take() {
+                f();
+            }
+        }
+        Ok(Bytes::from(c))
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_failed_and_cancelled_writes_leave_no_temp_files() {
+    let h = Sftp::new("no-tmp");
+    let p = Arc::new(
+        SftpProvider::new(sftp_config(harness::sftp_server::sftp(), &h.folder.remote)).unwrap(),
+    );
+    let root = h.folder.path.clone();
+    put(&*p, "g", b"old").await;
+    // Cancelled: one chunk, then nothing, forever; the task is aborted once its temporary
+    // file exists. The file is removed (in the background) and the target is untouched.
+    let stalled: ByteStream = Box::pin(
+        futures::stream::iter(vec![Ok(Bytes::from(data(1000, 7)))])
+            .chain(futures::stream::pending()),
+    );
+    let task = {
+        let p = Arc::clone(&p);
+        tokio::spawn(async move {
+            p.write(
+                &rp("g"),
+                stalled,
+                4 << 20,
+                Precondition::None,
+                ObjectAttrs::default(),
+            )
+            .await
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sftp_tmp_files(&root).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temporary file appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !sftp_tmp_files(&root).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {:?}",
+            sftp_tmp_files(&root)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(std::fs::read(root.join("g")).unwrap(), b"old");
+
+    // Changed behind the back while the body was sent: IfMatch fails at the rename, their
+    // contents stay.
+    let v = put(&*p, "c", b"v1").await.version;
+    let theirs = root.join("c");
+    let changing = body_with_side_effect(vec![b"new ".to_vec(), b"contents".to_vec()], move || {
+        std::fs::write(&theirs, b"theirs").unwrap()
+    });
+    assert_eq!(
+        p.write(
+            &rp("c"),
+            changing,
+            12,
+            Precondition::IfMatch(v),
+            ObjectAttrs::default()
+        )
+        .await
+        .unwrap_err(),
+        ProviderError::PreconditionFailed { path: rp("c") }
+    );
+    assert_eq!(std::fs::read(root.join("c")).unwrap(), b"theirs");
+    // Created by someone else while the body was sent: IfNotExists fails at the rename.
+    let theirs = root.join("n");
+    let racing = body_with_side_effect(vec![b"ours ".to_vec(), b"too".to_vec()], move || {
+        std::fs::write(&theirs, b"theirs").unwrap()
+    });
+    assert_eq!(
+        p.write(
+            &rp("n"),
+            racing,
+            8,
+            Precondition::IfNotExists,
+            ObjectAttrs::default()
+        )
+        .await
+        .unwrap_err(),
+        ProviderError::AlreadyExists(rp("n"))
+    );
+    assert_eq!(std::fs::read(root.join("n")).unwrap(), b"theirs");
+    // A folder put where the file was, midway.
+    let theirs = root.join("x");
+    std::fs::write(&theirs, b"x").unwrap();
+    let dir_in_the_way = body_with_side_effect(vec![b"a".to_vec(), b"b".to_vec()], move || {
+        std::fs::remove_file(&theirs).unwrap();
+        std::fs::create_dir(&theirs).unwrap();
+    });
+    assert_eq!(
+        p.write(
+            &rp("x"),
+            dir_in_the_way,
+            2,
+            Precondition::None,
+            ObjectAttrs::default()
+        )
+        .await
+        .unwrap_err(),
+        ProviderError::IsADirectory(rp("x"))
+    );
+    assert!(
+        sftp_tmp_files(&root).is_empty(),
+        "{:?}",
+        sftp_tmp_files(&root)
+    );
+    no_tmp_left(&h, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_reconnects_after_the_connection_is_killed() {
+    // A server of its own: killing its connections cuts no other test's.
+    let server = harness::sftp_server::SftpServer::start();
+    let h = Sftp::on(&server, "reconnect");
+    let p = &h.provider;
+    let bytes = data(3 << 20, 9);
+    let e = put(p, "f", &bytes).await;
+    assert!(server.kill_connections() > 0, "a connection was open");
+    // The next call reconnects and works.
+    assert_eq!(p.stat(&rp("f")).await.unwrap(), e);
+    assert_eq!(read_all(p, "f", &e.version).await, bytes);
+    for round in 0..3 {
+        assert!(server.kill_connections() > 0);
+        let e = put(p, &format!("g{round}"), b"after a kill").await;
+        assert_eq!(h.file(&format!("g{round}")).unwrap(), b"after a kill");
+        assert_eq!(p.stat(&rp(&format!("g{round}"))).await.unwrap(), e);
+    }
+    // A read cut midway ends with Unreachable (never short and Ok); the next one works.
+    let mut s = p.read(&rp("f"), &e.version, 0, u64::MAX).await.unwrap();
+    let first = s.next().await.unwrap().unwrap();
+    assert_eq!(&first[..], &bytes[..first.len()]);
+    server.kill_connections();
+    let mut got = first.to_vec();
+    let mut last = None;
+    while let Some(item) = s.next().await {
+        match item {
+            Ok(b) => got.extend_from_slice(&b),
+            Err(e) => {
+                last = Some(e);
+                break;
+            }
+        }
+    }
+    assert_eq!(&got[..], &bytes[..got.len()]);
+    assert!(
+        matches!(last, Some(ProviderError::Unreachable(_))),
+        "{last:?} after {} bytes",
+        got.len()
+    );
+    assert_eq!(read_all(p, "f", &e.version).await, bytes);
+    assert_eq!(names(&list_all(&h, "").await), ["f", "g0", "g1", "g2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_extensions_names_and_versions() {
+    use std::os::unix::ffi::OsStrExt;
+    let h = Sftp::new("names");
+    let p = &h.provider;
+    // What the provider relies on, offered by OpenSSH.
+    let ext = p.server_extensions().await.unwrap();
+    for want in [
+        "posix-rename@openssh.com",
+        "fsync@openssh.com",
+        "lsetstat@openssh.com",
+    ] {
+        assert!(ext.contains(&want), "{want} missing from {ext:?}");
+    }
+    let server = harness::sftp_server::sftp();
+    let d = p.describe();
+    assert!(
+        d.starts_with("sftp://")
+            && d.contains(&format!("{}@127.0.0.1:{}", server.user, server.port))
+            && d.ends_with(&h.folder.remote),
+        "{d}"
+    );
+    // Odd names.
+    let odd = [
+        "a b",
+        "100%",
+        "x#y?z&w=1",
+        "ünïcödé",
+        "semi;colon",
+        "-dash",
+        "new\nline",
+    ];
+    p.mkdir(&rp("dir with space")).await.unwrap();
+    for n in odd {
+        put(p, &format!("dir with space/{n}"), n.as_bytes()).await;
+    }
+    let mut expected: Vec<&str> = odd.to_vec();
+    expected.sort();
+    assert_eq!(names(&list_all(&h, "dir with space").await), expected);
+    for n in odd {
+        let path = format!("dir with space/{n}");
+        assert_eq!(h.file(&path).unwrap(), n.as_bytes(), "{n}");
+        let e = p.stat(&rp(&path)).await.unwrap();
+        assert_eq!(read_all(p, &path, &e.version).await, n.as_bytes());
+    }
+    // Temporary names are hidden and reserved; a name that is not UTF-8 is skipped.
+    let hidden = format!("{TMP_PREFIX}0123456789abcdef");
+    h.put_file(&hidden, b"someone's upload");
+    std::fs::write(
+        h.folder
+            .path
+            .join(std::ffi::OsStr::from_bytes(b"latin1-\xe9t\xe9")),
+        b"x",
+    )
+    .unwrap();
+    assert_eq!(names(&list_all(&h, "").await), ["dir with space"]);
+    assert_eq!(
+        p.stat(&rp(&hidden)).await.unwrap_err(),
+        ProviderError::NotFound(rp(&hidden))
+    );
+    for err in [
+        p.write(
+            &rp(&hidden),
+            body(b"x", 1),
+            1,
+            Precondition::None,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err(),
+        p.mkdir(&rp(&format!("{TMP_PREFIX}x"))).await.unwrap_err(),
+        p.symlink(&rp(&format!("{TMP_PREFIX}x")), "t")
+            .await
+            .unwrap_err(),
+        p.rename(&rp("dir with space"), &rp(&hidden), true)
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(matches!(err, ProviderError::InvalidName { .. }), "{err:?}");
+    }
+    // Same-size rewrites within one second still get new versions (the provider stamps its
+    // file a second after the one it replaces), and stale versions are refused.
+    let mut seen = Vec::new();
+    for c in [b"aaaa", b"bbbb", b"cccc", b"dddd"] {
+        let e = put(p, "same", c).await;
+        assert_eq!(p.stat(&rp("same")).await.unwrap(), e);
+        assert!(!seen.contains(&e.version), "{:?} again", e.version);
+        seen.push(e.version);
+    }
+    for stale in &seen[..3] {
+        assert_eq!(
+            p.write(
+                &rp("same"),
+                body(b"eeee", 4),
+                4,
+                Precondition::IfMatch(stale.clone()),
+                ObjectAttrs::default()
+            )
+            .await
+            .unwrap_err(),
+            ProviderError::PreconditionFailed { path: rp("same") }
+        );
+    }
+    assert_eq!(h.file("same").unwrap(), b"dddd");
+    // sync makes the folders durable (fsync@openssh.com on each folder changed).
+    p.sync().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// S3 multipart uploads (parts of 5 MiB, moto's and S3's smallest, above 8 MiB)
+
+const MP_PART: u64 = 5 << 20;
+
+/// An S3 backing whose provider uploads files above 8 MiB in parts of 5 MiB.
+async fn s3_multipart(what: &str) -> (S3, S3Provider) {
+    let h = S3::new(what, None).await;
+    let p = h.provider.clone().with_multipart(8 << 20, MP_PART);
+    (h, p)
+}
+
+/// `data` in chunks of `chunk` bytes, failing (retryably) once `fail_after` bytes are out.
+fn failing_body(data: &[u8], chunk: usize, fail_after: usize) -> ByteStream {
+    let mut pieces: Vec<Result<Bytes, ProviderError>> = data[..fail_after]
+        .chunks(chunk)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    pieces.push(Err(ProviderError::Other {
+        message: "the source went away".into(),
+        retryable: true,
+    }));
+    Box::pin(futures::stream::iter(pieces))
+}
+
+/// `data` in chunks of 1 MiB; once the last is out, `raw` stores `other` at `rel_key` (a change
+/// behind the writer's back while its upload runs).
+fn body_then_change(data: Vec<u8>, raw: S3Provider, rel_key: &'static str) -> ByteStream {
+    let chunks: Vec<Bytes> = data.chunks(1 << 20).map(Bytes::copy_from_slice).collect();
+    let n = chunks.len();
+    Box::pin(futures::stream::unfold(
+        (chunks.into_iter().enumerate(), raw),
+        move |(mut it, raw)| async move {
+            let (i, c) = it.next()?;
+            if i + 1 == n {
+                raw.put_raw(rel_key, b"changed behind the back")
+                    .await
+                    .unwrap();
+            }
+            Some((Ok(c), (it, raw)))
+        },
+    ))
+}
+
+/// The part numbers PUT (with their status) to `key` of `bucket`, from moto's request log.
+fn part_puts(bucket: &str, key: &str) -> Vec<(u32, u16)> {
+    let log = std::fs::read_to_string(&harness::servers::s3().log).unwrap_or_default();
+    let needle = format!("\"PUT /{bucket}/{key}?partNumber=");
+    log.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(&needle)? + needle.len()..];
+            let n = rest.split('&').next()?.parse().ok()?;
+            let status = rest
+                .split("HTTP/1.1\" ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((n, status))
+        })
+        .collect()
+}
+
+/// The ids of the unfinished multipart uploads of `bucket`.
+fn unfinished_uploads(bucket: &str) -> Vec<String> {
+    let a = harness::servers::s3().request("GET", &format!("/{bucket}?uploads"), b"");
+    assert_eq!(a.status, 200);
+    String::from_utf8_lossy(&a.body)
+        .split("<UploadId>")
+        .skip(1)
+        .filter_map(|s| s.split("</UploadId>").next())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_multipart_write_round_trip() {
+    let (h, p) = s3_multipart("mp-round-trip").await;
+    let bucket = bucket_of(&h);
+    let bytes = data(3 * MP_PART as usize + 1234, 7);
+    let written = p
+        .write(
+            &rp("big"),
+            body(&bytes, 300_007),
+            bytes.len() as u64,
+            Precondition::IfNotExists,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(written.size, bytes.len() as u64);
+    let v = String::from_utf8_lossy(written.version.as_bytes()).into_owned();
+    assert!(v.ends_with("-4\""), "a multipart ETag of 4 parts: {v}");
+    assert_eq!(p.stat(&rp("big")).await.unwrap(), written);
+    assert_eq!(read_all(&p, "big", &written.version).await, bytes);
+    assert_eq!(h.file("big").unwrap(), bytes);
+    let mut parts: Vec<u32> = part_puts(&bucket, "tree/root/big")
+        .into_iter()
+        .map(|(n, s)| {
+            assert_eq!(s, 200);
+            n
+        })
+        .collect();
+    parts.sort();
+    assert_eq!(parts, [1, 2, 3, 4]);
+    assert_eq!(unfinished_uploads(&bucket), Vec::<String>::new());
+    // Up to the threshold: one PUT, a plain MD5 ETag.
+    let small = data(8 << 20, 8);
+    let e = p
+        .write(
+            &rp("at-threshold"),
+            body(&small, 1 << 20),
+            small.len() as u64,
+            Precondition::None,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(e.version.as_bytes()).contains('-'));
+    assert!(part_puts(&bucket, "tree/root/at-threshold").is_empty());
+    // A short body is never completed, and its upload is aborted (not retryable).
+    let err = p
+        .write(
+            &rp("short"),
+            body(&bytes[..bytes.len() - 10], 1 << 20),
+            bytes.len() as u64,
+            Precondition::None,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+    assert!(h.file("short").is_none());
+    assert_eq!(unfinished_uploads(&bucket), Vec::<String>::new());
+    // So is a long one.
+    let err = p
+        .write(
+            &rp("long"),
+            body(&bytes, 1 << 20),
+            bytes.len() as u64 - 10,
+            Precondition::None,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+    assert!(h.file("long").is_none());
+    assert_eq!(unfinished_uploads(&bucket), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_multipart_interrupted_write_resumes_without_resending_parts() {
+    let (h, p) = s3_multipart("mp-resume").await;
+    let bucket = bucket_of(&h);
+    let key = "tree/root/big";
+    // 5 parts; the source fails in part 3, after parts 1 and 2 were read (and sent).
+    let a = data(4 * MP_PART as usize + (3 << 20), 1);
+    let err = p
+        .write(
+            &rp("big"),
+            failing_body(&a, 1 << 20, 12 << 20),
+            a.len() as u64,
+            Precondition::IfNotExists,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert_eq!(
+        p.stat(&rp("big")).await.unwrap_err(),
+        ProviderError::NotFound(rp("big"))
+    );
+    assert_eq!(h.file("big"), None);
+    let uploads = unfinished_uploads(&bucket);
+    assert_eq!(uploads.len(), 1, "the upload is left for the next attempt");
+    let first = part_puts(&bucket, key);
+    assert!(first.iter().all(|(_, s)| *s == 200), "{first:?}");
+    let mut sent: Vec<u32> = first.iter().map(|(n, _)| *n).collect();
+    sent.sort();
+    assert_eq!(sent, [1, 2]);
+
+    // The next attempt, of other data that differs only in part 2: part 1 is not sent again,
+    // part 2 is (its MD5 differs), and so are the parts never sent.
+    let mut b = a.clone();
+    b[MP_PART as usize + 17] ^= 0xff;
+    let written = p
+        .write(
+            &rp("big"),
+            body(&b, 1 << 20),
+            b.len() as u64,
+            Precondition::IfNotExists,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap();
+    let mut again: Vec<u32> = part_puts(&bucket, key)[first.len()..]
+        .iter()
+        .map(|(n, s)| {
+            assert_eq!(*s, 200);
+            *n
+        })
+        .collect();
+    again.sort();
+    assert_eq!(again, [2, 3, 4, 5]);
+    assert_eq!(h.file("big").unwrap(), b);
+    assert_eq!(p.stat(&rp("big")).await.unwrap(), written);
+    assert_eq!(unfinished_uploads(&bucket), Vec::<String>::new());
+    let all = harness::servers::s3().request("GET", &format!("/{bucket}?uploads"), b"");
+    assert!(!String::from_utf8_lossy(&all.body).contains(&uploads[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_multipart_preconditions() {
+    let (h, p) = s3_multipart("mp-pre").await;
+    let bucket = bucket_of(&h);
+    let bytes = data(2 * MP_PART as usize + 100, 3);
+    let len = bytes.len() as u64;
+    let v1 = put(&p, "f", b"one").await.version;
+    // A stale version: refused before anything is sent, nothing changed.
+    let err = p
+        .write(
+            &rp("f"),
+            body(&bytes, 1 << 20),
+            len,
+            Precondition::IfMatch(Version::from("\"0123\"")),
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, ProviderError::PreconditionFailed { path: rp("f") });
+    assert_eq!(h.file("f").unwrap(), b"one");
+    // IfNotExists on an existing key.
+    let err = p
+        .write(
+            &rp("f"),
+            body(&bytes, 1 << 20),
+            len,
+            Precondition::IfNotExists,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, ProviderError::AlreadyExists(rp("f")));
+    assert_eq!(h.file("f").unwrap(), b"one");
+    assert!(part_puts(&bucket, "tree/root/f").is_empty());
+    // The object changes while the parts are sent: refused at the completion, the upload
+    // aborted, the other writer's object kept.
+    let err = p
+        .write(
+            &rp("f"),
+            body_then_change(bytes.clone(), h.raw.clone(), "f"),
+            len,
+            Precondition::IfMatch(v1),
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, ProviderError::PreconditionFailed { path: rp("f") });
+    assert_eq!(h.file("f").unwrap(), b"changed behind the back");
+    assert_eq!(unfinished_uploads(&bucket), Vec::<String>::new());
+    // Created while the parts are sent: AlreadyExists.
+    let err = p
+        .write(
+            &rp("g"),
+            body_then_change(bytes.clone(), h.raw.clone(), "g"),
+            len,
+            Precondition::IfNotExists,
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, ProviderError::AlreadyExists(rp("g")));
+    assert_eq!(h.file("g").unwrap(), b"changed behind the back");
+    assert_eq!(unfinished_uploads(&bucket), Vec::<String>::new());
+    // The current version: replaced.
+    let v2 = p.stat(&rp("f")).await.unwrap().version;
+    let e = p
+        .write(
+            &rp("f"),
+            body(&bytes, 1 << 20),
+            len,
+            Precondition::IfMatch(v2),
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.file("f").unwrap(), bytes);
+    assert_eq!(p.stat(&rp("f")).await.unwrap(), e);
+}
+
+/// A directory replaces only an empty directory (posix-rename is `rename(2)`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_directory_replaces_only_an_empty_directory() {
+    let h = Sftp::new("dir-over-dir");
+    let p = &h.provider;
+    p.mkdir(&rp("a")).await.unwrap();
+    put(p, "a/x", b"x").await;
+    p.mkdir(&rp("full")).await.unwrap();
+    put(p, "full/keep", b"keep").await;
+    p.mkdir(&rp("empty")).await.unwrap();
+    assert_eq!(
+        p.rename(&rp("a"), &rp("full"), true).await.unwrap_err(),
+        ProviderError::NotEmpty(rp("full"))
+    );
+    assert_eq!(h.file("full/keep").unwrap(), b"keep");
+    assert_eq!(
+        p.rename(&rp("a"), &rp("empty"), false).await.unwrap_err(),
+        ProviderError::AlreadyExists(rp("empty"))
+    );
+    let e = p.rename(&rp("a"), &rp("empty"), true).await.unwrap();
+    assert_eq!(e.kind, EntryKind::Dir);
+    assert_eq!(e.name, "empty");
+    assert_eq!(h.file("empty/x").unwrap(), b"x");
+    assert!(!h.exists("a"));
+    assert_eq!(p.stat(&rp("empty")).await.unwrap(), e);
+    // A symlink is renamed itself, not its target.
+    p.symlink(&rp("l"), "empty/x").await.unwrap();
+    let e = p.rename(&rp("l"), &rp("l2"), false).await.unwrap();
+    assert_eq!(e.kind, EntryKind::Symlink);
+    assert_eq!(e.symlink_target.as_deref(), Some("empty/x"));
+    assert_eq!(h.file("empty/x").unwrap(), b"x");
+}
+
+/// A conditional delete never removes a change made behind the provider's back: a file changed
+/// on disk right before the delete is `PreconditionFailed` and still there; and with the
+/// change racing the delete (the rename to a hidden name, then the version check), the changed
+/// bytes always survive, at the name or beside it under a conflict name, with no temporary
+/// file left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_conditional_delete_keeps_a_change_made_behind_its_back() {
+    let h = Sftp::new("delete-vs-change");
+    let p = &h.provider;
+    let changed: &[u8] = b"changed behind the back";
+    // Changed before the delete.
+    let v = put(p, "f.txt", b"base").await.version;
+    h.put_file("f.txt", changed);
+    assert_eq!(
+        p.delete(&rp("f.txt"), Precondition::IfMatch(v))
+            .await
+            .unwrap_err(),
+        ProviderError::PreconditionFailed { path: rp("f.txt") }
+    );
+    assert_eq!(h.file("f.txt").unwrap(), changed);
+    assert_eq!(h.raw_names(""), ["f.txt"]);
+    // The current version is removed.
+    let v = p.stat(&rp("f.txt")).await.unwrap().version;
+    p.delete(&rp("f.txt"), Precondition::IfMatch(v))
+        .await
+        .unwrap();
+    assert!(!h.exists("f.txt"));
+    // Changed while the delete runs, at different moments.
+    for i in 0..60u64 {
+        let name = format!("r{i}.txt");
+        let v = put(p, &name, b"base").await.version;
+        let target = h.abs(&name);
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_micros(20 * i));
+            std::fs::write(&target, changed).unwrap();
+        });
+        let r = p.delete(&rp(&name), Precondition::IfMatch(v)).await;
+        writer.join().unwrap();
+        match &r {
+            Ok(()) => {}
+            Err(ProviderError::PreconditionFailed { path }) => assert_eq!(path, &rp(&name)),
+            Err(e) => panic!("delete {name}: {e:?}"),
+        }
+        let kept: Vec<String> = h
+            .raw_names("")
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("r{i}.")))
+            .collect();
+        assert!(
+            kept.iter().any(|n| h.file(n).as_deref() == Some(changed)),
+            "delete {name} ({r:?}) lost the change: {kept:?}"
+        );
+        assert_eq!(sftp_tmp_files(&h.abs("")), Vec::<String>::new());
+    }
 }

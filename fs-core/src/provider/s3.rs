@@ -32,13 +32,14 @@
 //! * `read`: ranged `GET` with `If-Match: <version>` (the answer's ETag is compared as well, for
 //!   servers that ignore `If-Match`), so a read never mixes versions. A body cut midway is
 //!   resumed from the byte reached with a new ranged, conditional `GET` (a few times).
-//! * `write`: one `PUT` with `Content-Length` (files up to 5 GiB; larger ones are
-//!   `NotSupported` until multipart uploads come). A body of up to 1 MiB is gathered first and
-//!   sent with `Content-MD5` and a signed payload hash (the server checks both); a larger one is
-//!   streamed as `UNSIGNED-PAYLOAD` while its MD5 is computed, and the ETag the server answers
-//!   is compared with it (an ETag that is not a plain MD5, as with SSE-KMS, is not compared). A
-//!   body that is short, long or fails aborts the request, so the server never stores it.
-//!   `IfMatch` is sent as `If-Match`, `IfNotExists` as `If-None-Match: *`.
+//! * `write`: up to [`MULTIPART_THRESHOLD`] (64 MiB), one `PUT` with `Content-Length`; larger
+//!   files (up to S3's 5 TiB) are uploaded in parts, see "Multipart uploads". A body of up to
+//!   1 MiB is gathered first and sent with `Content-MD5` and a signed payload hash (the server
+//!   checks both); a larger one is streamed as `UNSIGNED-PAYLOAD` while its MD5 is computed,
+//!   and the ETag the server answers is compared with it (an ETag that is not a plain MD5, as
+//!   with SSE-KMS, is not compared). A body that is short, long or fails aborts the request,
+//!   so the server never stores it. `IfMatch` is sent as `If-Match`, `IfNotExists` as
+//!   `If-None-Match: *`.
 //! * Conditional writes: some S3-compatible servers ignore `If-Match` / `If-None-Match` on `PUT`.
 //!   Before the first conditional write the provider probes once (two `PUT`s of a probe key with
 //!   `If-None-Match: *`, the second must be refused with 412; one with a wrong `If-Match`, which
@@ -46,8 +47,8 @@
 //!   back to a `HEAD` and compare just before the `PUT`: a change by someone else in that window
 //!   (one round trip) is overwritten. [`Capabilities::conditional_write`] is `true` until a probe
 //!   shows otherwise.
-//! * `delete`: `HEAD` and compare the version (conditional `DELETE` is not widely supported),
-//!   then `DELETE`; the same window applies. `rmdir`: `NotEmpty` if any key but the marker is
+//! * `delete`: `HEAD` and compare the version, then `DELETE` with `If-Match` (AWS and moto
+//!   honour it; on a server that ignores it, the same window applies). `rmdir`: `NotEmpty` if any key but the marker is
 //!   under the prefix, else the marker is deleted.
 //! * `rename` is not atomic (`rename: false`). A file is copied server-side (`CopyObject` with
 //!   `x-amz-copy-source-if-match` and the source's ETag, and the copy's ETag is compared with
@@ -58,6 +59,56 @@
 //!   and keys already copied are skipped.
 //! * `set_attrs` is `NotSupported` (S3 keeps neither modes nor settable times; the drive keeps
 //!   them locally).
+//!
+//! # Multipart uploads
+//!
+//! * A file above the threshold is sent as parts of [`MIN_PART_SIZE`] (8 MiB; more for files
+//!   above 78 GiB, so as to stay within S3's 10 000 parts): `CreateMultipartUpload`, then the
+//!   parts read from the body in order, each gathered in memory and sent (`UploadPart`, 4 at a
+//!   time, so at most 5 parts are in memory) with `Content-MD5`; the part's ETag is compared
+//!   with its MD5. A request is watched like a streamed `PUT` (a server that stops taking bytes
+//!   or answering for the request timeout fails it), and a part that fails retryably is tried
+//!   again (4 tries, exponential backoff with jitter). Then `CompleteMultipartUpload` with the
+//!   part list, given time in proportion to the size (the server joins the parts first).
+//! * Resuming: the server is the journal. Before creating an upload, the provider looks for an
+//!   unfinished upload of the same key (`ListMultipartUploads` with `prefix=<key>`, exact key,
+//!   newest first) and lists its parts (`ListParts`, paged). A part already there whose ETag is
+//!   the MD5 of the bytes this write would send as that part, with the same size, is skipped;
+//!   anything else is sent (over it). Nothing is recorded locally: the local record could only
+//!   say what was *sent*, the server's says what it *kept*, and a record beside the cache would
+//!   have to be kept in step with the write-ahead log across crashes. As the part size depends
+//!   only on the file's size, a write of the same file after a crash finds its parts; the MD5
+//!   check makes skipping safe even if the upload was someone else's or held other data (and
+//!   the completion names every part by its ETag, so parts changed by a concurrent writer in
+//!   between make the completion fail, never a mixed object). Uploads of other keys and older
+//!   uploads of the same key are left alone (they may be another machine's work in progress;
+//!   a bucket lifecycle rule `AbortIncompleteMultipartUpload` removes forgotten ones).
+//! * Preconditions: checked with a `HEAD` before the first part (so nothing is sent in vain)
+//!   and again just before the completion; where the probe found conditional `PUT`s honoured,
+//!   the completion also carries `If-Match` / `If-None-Match: *` (AWS honours both on
+//!   `CompleteMultipartUpload`), so the check is atomic; elsewhere a change in the window between
+//!   that `HEAD` and the completion is overwritten. A refusal (412, 409) aborts the upload
+//!   (`AbortMultipartUpload`) and is `PreconditionFailed`, or `AlreadyExists` for `IfNotExists`.
+//! * Integrity: S3 names an object made of parts `"<MD5 of the parts' MD5s>-<number of parts>"`;
+//!   the answer's ETag is compared with that (a mismatch is a retryable error). If the object
+//!   already has exactly that ETag and size when the upload is to be completed (an earlier
+//!   attempt completed it but its answer was lost), the write is done and the upload aborted.
+//!   A completion that fails retryably is tried again; a 200 carrying an error document (AWS
+//!   can fail after its header) is a failure.
+//! * A body that fails, is short or is long is never completed: after a retryable failure (of
+//!   the source, or of the parts' requests) the upload and its finished parts stay for the
+//!   next attempt (parts in flight are let finish); after any other failure the upload is
+//!   aborted. A write dropped midway leaves the upload to be resumed.
+//! * moto (the test server, 5.x) differs from AWS: it ignores `If-Match` on the completion
+//!   (only the `HEAD` check holds there; it honours `If-None-Match: *`); it ignores
+//!   `encoding-type=url` and paging in `ListMultipartUploads` and gives every upload the same
+//!   `Initiated` time (the later listed counts as newer, which is right for both); its
+//!   `ListParts` treats `part-number-marker` as an index and undercounts `IsTruncated` when parts
+//!   are missing, so its paging is only right for up to 1000 parts (requests use the default
+//!   page size, and a marker that does not advance ends the listing); it checks no
+//!   `Content-MD5`; it answers a part for an unknown upload with a 500 rather than
+//!   `NoSuchUpload`; and it answers the completion only after joining the parts (~40 s for
+//!   2 GiB), where AWS sends its header at once and blanks while it works.
 //!
 //! # Errors
 //!
@@ -94,6 +145,30 @@ const MAX_NAME_LEN: usize = 255;
 const MAX_KEY_LEN: usize = 1024;
 /// Largest object one `PUT` may create.
 const MAX_PUT: u64 = 5 << 30;
+/// Files larger than this are uploaded in parts (multipart upload).
+pub const MULTIPART_THRESHOLD: u64 = 64 << 20;
+/// The smallest part this provider sends (but the last); larger files get larger parts, so as
+/// to stay within [`MAX_PARTS`].
+pub const MIN_PART_SIZE: u64 = 8 << 20;
+/// S3's smallest part (but the last).
+const S3_MIN_PART: u64 = 5 << 20;
+/// S3's largest part.
+const MAX_PART: u64 = 5 << 30;
+/// S3's most parts of one upload.
+const MAX_PARTS: u64 = 10_000;
+/// S3's largest object.
+const MAX_OBJECT: u64 = 5 << 40;
+/// Parts sent at the same time.
+const PARTS_IN_FLIGHT: usize = 4;
+/// How many times one part (or the completion) is tried on a retryable error.
+const PART_ATTEMPTS: u32 = 4;
+/// The first pause before a part is tried again (doubled each time, plus jitter).
+const RETRY_BASE: Duration = Duration::from_millis(250);
+/// Pieces a part's body is handed to the HTTP stack in (so that a stall is noticed).
+const PART_PIECE: usize = 256 << 10;
+/// The longest wait for `CompleteMultipartUpload` (the server joins the parts before it answers:
+/// moto takes ~40 s for 2 GiB; AWS sends its 200 header early and blanks while it works).
+const MAX_COMPLETE_WAIT: Duration = Duration::from_secs(15 * 60);
 /// Bodies up to this size are gathered and sent with `Content-MD5`.
 const SMALL_BODY: u64 = 1 << 20;
 /// How many times a read whose body was cut is resumed.
@@ -515,6 +590,9 @@ struct Request<'a> {
     query: Vec<(&'static str, String)>,
     headers: Vec<(&'static str, String)>,
     body: Body,
+    /// How long to wait for the answer (and its body) instead of the request timeout: a
+    /// `CompleteMultipartUpload`, which the server may take minutes to answer.
+    deadline: Option<Duration>,
 }
 
 impl<'a> Request<'a> {
@@ -525,6 +603,7 @@ impl<'a> Request<'a> {
             query: Vec::new(),
             headers: Vec::new(),
             body: Body::Empty,
+            deadline: None,
         }
     }
     fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
@@ -594,6 +673,8 @@ impl Progress {
 /// Signs and sends requests to one bucket.
 struct Client {
     http: reqwest::Client,
+    /// Without a read timeout, for requests with a [`Request::deadline`] of their own.
+    http_long: reqwest::Client,
     scheme: String,
     /// `host[:port]` as sent in the `Host` header.
     host: String,
@@ -649,8 +730,14 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| S3ConfigError::Client(e.to_string()))?;
+        let http_long = reqwest::Client::builder()
+            .connect_timeout(cfg.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| S3ConfigError::Client(e.to_string()))?;
         Ok(Client {
             http,
+            http_long,
             scheme: url.scheme().to_string(),
             host,
             base_path: url.path().trim_end_matches('/').to_string(),
@@ -665,6 +752,27 @@ impl Client {
             timeout: cfg.request_timeout,
             endpoint: cfg.endpoint.clone(),
         })
+    }
+
+    /// Another client to the same bucket, with the same settings.
+    fn duplicate(&self) -> Client {
+        Client {
+            http: self.http.clone(),
+            http_long: self.http_long.clone(),
+            scheme: self.scheme.clone(),
+            host: self.host.clone(),
+            base_path: self.base_path.clone(),
+            bucket: self.bucket.clone(),
+            path_style: self.path_style,
+            signer: Signer {
+                access_key: self.signer.access_key.clone(),
+                secret_key: self.signer.secret_key.clone(),
+                session_token: self.signer.session_token.clone(),
+                region: self.signer.region.clone(),
+            },
+            timeout: self.timeout,
+            endpoint: self.endpoint.clone(),
+        }
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> ProviderError {
@@ -753,7 +861,11 @@ impl Client {
             &payload_hash,
             &date,
         );
-        let mut builder = self.http.request(req.method.clone(), &url);
+        let (http, timeout) = match req.deadline {
+            Some(d) => (&self.http_long, d),
+            None => (&self.http, self.timeout),
+        };
+        let mut builder = http.request(req.method.clone(), &url);
         for (k, v) in signed.iter().filter(|(k, _)| k != "host") {
             builder = builder.header(k.as_str(), v.as_str());
         }
@@ -772,7 +884,7 @@ impl Client {
                 r = sent => r,
                 () = p.stalled(self.timeout) => return Err(ProviderError::TimedOut),
             },
-            None => match tokio::time::timeout(self.timeout, sent).await {
+            None => match tokio::time::timeout(timeout, sent).await {
                 Ok(r) => r,
                 Err(_) => return Err(ProviderError::TimedOut),
             },
@@ -782,10 +894,11 @@ impl Client {
 
     /// [`Client::send`], reading the whole (small) body.
     async fn call(&self, req: Request<'_>) -> Result<Answer> {
+        let timeout = req.deadline.unwrap_or(self.timeout);
         let resp = self.send(req).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = match tokio::time::timeout(self.timeout, resp.bytes()).await {
+        let body = match tokio::time::timeout(timeout, resp.bytes()).await {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => return Err(self.transport_error(&e)),
             Err(_) => return Err(ProviderError::TimedOut),
@@ -1007,6 +1120,10 @@ struct Inner {
     /// `""` or `a/b/`.
     prefix: String,
     page_size: Option<usize>,
+    /// Files larger than this are uploaded in parts.
+    multipart_threshold: u64,
+    /// The smallest part of a multipart upload.
+    part_size: u64,
     conditions: tokio::sync::OnceCell<Conditions>,
     /// For `capabilities()`, which cannot wait for the probe.
     probe_state: AtomicU8,
@@ -1104,6 +1221,8 @@ impl S3Provider {
                 client,
                 prefix,
                 page_size: None,
+                multipart_threshold: MULTIPART_THRESHOLD,
+                part_size: MIN_PART_SIZE,
                 conditions: tokio::sync::OnceCell::new(),
                 probe_state: AtomicU8::new(PROBE_UNKNOWN),
             }),
@@ -1113,33 +1232,33 @@ impl S3Provider {
     /// Lists in pages of at most `n` keys (S3's default and maximum is 1000); for tests of
     /// paging.
     pub fn with_list_page_size(self, n: usize) -> Self {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|arc| Inner {
-            client: Client {
-                http: arc.client.http.clone(),
-                scheme: arc.client.scheme.clone(),
-                host: arc.client.host.clone(),
-                base_path: arc.client.base_path.clone(),
-                bucket: arc.client.bucket.clone(),
-                path_style: arc.client.path_style,
-                signer: Signer {
-                    access_key: arc.client.signer.access_key.clone(),
-                    secret_key: arc.client.signer.secret_key.clone(),
-                    session_token: arc.client.signer.session_token.clone(),
-                    region: arc.client.signer.region.clone(),
-                },
-                timeout: arc.client.timeout,
-                endpoint: arc.client.endpoint.clone(),
-            },
+        self.with_inner(|inner| inner.page_size = Some(n.clamp(1, 1000)))
+    }
+
+    /// Uploads files larger than `threshold` bytes (at most 5 GiB) in parts of at least
+    /// `part_size` bytes (5 MiB to 5 GiB, S3's limits), instead of [`MULTIPART_THRESHOLD`] and
+    /// [`MIN_PART_SIZE`]; for tests of multipart uploads with small files.
+    pub fn with_multipart(self, threshold: u64, part_size: u64) -> Self {
+        self.with_inner(|inner| {
+            inner.multipart_threshold = threshold.min(MAX_PUT);
+            inner.part_size = part_size.clamp(S3_MIN_PART, MAX_PART);
+        })
+    }
+
+    /// This provider with a setting changed (a fresh copy when it is shared already).
+    fn with_inner(self, change: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|arc| Inner {
+            client: arc.client.duplicate(),
             prefix: arc.prefix.clone(),
             page_size: arc.page_size,
+            multipart_threshold: arc.multipart_threshold,
+            part_size: arc.part_size,
             conditions: tokio::sync::OnceCell::new(),
             probe_state: AtomicU8::new(PROBE_UNKNOWN),
         });
+        change(&mut inner);
         S3Provider {
-            inner: Arc::new(Inner {
-                page_size: Some(n.clamp(1, 1000)),
-                ..inner
-            }),
+            inner: Arc::new(inner),
         }
     }
 
@@ -1629,10 +1748,20 @@ impl Inner {
     }
 
     async fn delete_key(&self, path: &RemotePath, key: &str) -> Result<()> {
-        let a = self
-            .client
-            .call(Request::new(Method::DELETE, Some(key)))
-            .await?;
+        self.delete_key_if(path, key, None).await
+    }
+
+    /// `DELETE` of `key`, with `If-Match: etag` when given (AWS and moto honour it; where a
+    /// server ignores it, the caller's `HEAD` just before is the only check).
+    async fn delete_key_if(&self, path: &RemotePath, key: &str, etag: Option<&str>) -> Result<()> {
+        let mut req = Request::new(Method::DELETE, Some(key));
+        if let Some(e) = etag {
+            req = req.header("if-match", e);
+        }
+        let a = self.client.call(req).await?;
+        if a.status == StatusCode::PRECONDITION_FAILED && etag.is_some() {
+            return Err(precondition_failed(path));
+        }
         if a.status.is_success()
             || a.status == StatusCode::NOT_FOUND
                 && error_body(&a.body).is_none_or(|e| e.code != "NoSuchBucket")
@@ -1729,6 +1858,689 @@ impl Inner {
         }
         Ok(dir_entry(to.name()))
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multipart uploads (see the module documentation, "Multipart uploads")
+
+#[derive(Debug, Default, Deserialize)]
+struct ListMultipartUploadsResult {
+    #[serde(rename = "Upload", default)]
+    uploads: Vec<UploadItem>,
+    #[serde(rename = "IsTruncated", default)]
+    is_truncated: bool,
+    #[serde(rename = "NextKeyMarker")]
+    next_key_marker: Option<String>,
+    #[serde(rename = "NextUploadIdMarker")]
+    next_upload_id_marker: Option<String>,
+    #[serde(rename = "EncodingType")]
+    encoding_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadItem {
+    #[serde(rename = "Key")]
+    key: String,
+    #[serde(rename = "UploadId")]
+    upload_id: String,
+    #[serde(rename = "Initiated", default)]
+    initiated: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ListPartsResult {
+    #[serde(rename = "Part", default)]
+    parts: Vec<ListedPart>,
+    #[serde(rename = "IsTruncated", default)]
+    is_truncated: bool,
+    #[serde(rename = "NextPartNumberMarker")]
+    next_part_number_marker: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListedPart {
+    #[serde(rename = "PartNumber")]
+    part_number: u32,
+    #[serde(rename = "ETag", default)]
+    etag: String,
+    #[serde(rename = "Size", default)]
+    size: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct InitiateMultipartUploadResult {
+    #[serde(rename = "UploadId")]
+    upload_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompleteMultipartUploadResult {
+    #[serde(rename = "ETag", default)]
+    etag: String,
+}
+
+/// The part size for a file of `len` bytes: at least `min` (and S3's minimum), large enough
+/// for at most [`MAX_PARTS`] parts (rounded up to whole MiB).
+fn part_size_for(len: u64, min: u64) -> u64 {
+    let needed = len.div_ceil(MAX_PARTS).div_ceil(1 << 20) << 20;
+    min.max(needed).clamp(S3_MIN_PART, MAX_PART)
+}
+
+/// The ETag S3 gives an object completed from parts with these MD5s: the MD5 of their
+/// concatenation, a dash and the number of parts.
+fn multipart_etag(md5s: &[[u8; 16]]) -> String {
+    let mut all = Md5::new();
+    for m in md5s {
+        all.update(m);
+    }
+    format!("\"{}-{}\"", hex(&all.finalize()), md5s.len())
+}
+
+/// Whether an answer says the upload id is unknown (aborted, completed, expired).
+fn no_such_upload(status: StatusCode, body: &[u8]) -> bool {
+    status == StatusCode::NOT_FOUND && error_body(body).is_some_and(|e| e.code == "NoSuchUpload")
+}
+
+/// The pause before attempt `attempt + 1`: exponential, with up to as much again of jitter.
+fn backoff(attempt: u32) -> Duration {
+    let base = RETRY_BASE * 2u32.saturating_pow(attempt.min(6));
+    let mut b = [0u8; 2];
+    let jitter = if aws_lc_rs::rand::fill(&mut b).is_ok() {
+        f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
+    } else {
+        0.5
+    };
+    base + base.mul_f64(jitter)
+}
+
+/// Reads a body part by part, exactly `len` bytes in all.
+struct PartReader {
+    body: ByteStream,
+    /// What the last chunk had beyond the part before.
+    leftover: Bytes,
+    path: RemotePath,
+    len: u64,
+    read: u64,
+}
+
+impl PartReader {
+    /// The next `size` bytes.
+    async fn next_part(&mut self, size: usize) -> Result<Bytes> {
+        if self.leftover.is_empty() || self.leftover.len() < size {
+            let mut buf = bytes::BytesMut::with_capacity(size);
+            while buf.len() < size {
+                if self.leftover.is_empty() {
+                    match self.body.next().await {
+                        Some(Ok(b)) => self.leftover = b,
+                        Some(Err(e)) => return Err(e),
+                        None => {
+                            return Err(ProviderError::Other {
+                                message: format!(
+                                    "{}: body ended after {} of {} bytes",
+                                    self.path,
+                                    self.read + buf.len() as u64,
+                                    self.len
+                                ),
+                                retryable: false,
+                            })
+                        }
+                    }
+                    continue;
+                }
+                let take = (size - buf.len()).min(self.leftover.len());
+                buf.extend_from_slice(&self.leftover.split_to(take));
+            }
+            self.read += size as u64;
+            return Ok(buf.freeze());
+        }
+        self.read += size as u64;
+        Ok(self.leftover.split_to(size))
+    }
+
+    /// Checks that nothing follows the last part.
+    async fn finish(&mut self) -> Result<()> {
+        loop {
+            if !self.leftover.is_empty() {
+                return Err(ProviderError::Other {
+                    message: format!(
+                        "{}: body is longer than the declared {} bytes",
+                        self.path, self.len
+                    ),
+                    retryable: false,
+                });
+            }
+            match self.body.next().await {
+                Some(Ok(b)) => self.leftover = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+/// One multipart upload of `key` (of `path`).
+struct Upload {
+    inner: Arc<Inner>,
+    path: RemotePath,
+    key: String,
+    id: String,
+}
+
+impl Upload {
+    fn request(&self, method: Method) -> Request<'_> {
+        Request::new(method, Some(&self.key)).query("uploadId", self.id.clone())
+    }
+
+    /// `UploadPart` of part `n`, tried again on retryable errors; the part's ETag.
+    async fn put_part(
+        self: Arc<Self>,
+        n: u32,
+        data: Bytes,
+        md5: [u8; 16],
+    ) -> Result<(u32, String)> {
+        let mut attempt = 0;
+        loop {
+            match self.put_part_once(n, &data, &md5).await {
+                Ok(etag) => return Ok((n, etag)),
+                Err((e, again)) if again && e.is_retryable() && attempt + 1 < PART_ATTEMPTS => {
+                    tracing::debug!(path = %self.path, part = n, attempt, %e, "s3 part retried");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// One try of [`Upload::put_part`]; on failure, whether trying again can help.
+    async fn put_part_once(
+        &self,
+        n: u32,
+        data: &Bytes,
+        md5: &[u8; 16],
+    ) -> std::result::Result<String, (ProviderError, bool)> {
+        let c = &self.inner.client;
+        let len = data.len() as u64;
+        let pieces: Vec<Result<Bytes>> = (0..data.len())
+            .step_by(PART_PIECE)
+            .map(|i| Ok(data.slice(i..(i + PART_PIECE).min(data.len()))))
+            .collect();
+        let progress = Arc::new(Progress::new());
+        let state = Arc::new(Mutex::new(BodyState::default()));
+        let checked = CheckedBody {
+            inner: Box::pin(futures::stream::iter(pieces)),
+            len,
+            path: self.path.clone(),
+            state: Arc::clone(&state),
+            progress: Arc::clone(&progress),
+            finished: false,
+        };
+        let mut req = self
+            .request(Method::PUT)
+            .query("partNumber", n.to_string())
+            .header("content-md5", base64(md5));
+        req.body = Body::Stream {
+            body: reqwest::Body::wrap_stream(checked),
+            len,
+            progress,
+        };
+        let a = c.call(req).await.map_err(|e| (e, true))?;
+        if !a.status.is_success() {
+            if no_such_upload(a.status, &a.body) {
+                // Aborted or completed by someone else: a later write starts another upload.
+                return Err((
+                    ProviderError::Other {
+                        message: format!("S3 write {}: the multipart upload is gone", self.path),
+                        retryable: true,
+                    },
+                    false,
+                ));
+            }
+            return Err((c.error(&self.path, "upload part", a.status, &a.body), true));
+        }
+        let etag = a.header("etag").map(normalize_etag).ok_or_else(|| {
+            let e = ProviderError::Other {
+                message: format!("S3 write {} part {n}: no ETag in the answer", self.path),
+                retryable: false,
+            };
+            (e, false)
+        })?;
+        if let Some(server) = etag_md5(&etag) {
+            if !server.eq_ignore_ascii_case(&hex(md5)) {
+                let e = ProviderError::Other {
+                    message: format!(
+                        "S3 write {} part {n}: integrity check failed: the server stored MD5 \
+                         {server}, {} was sent",
+                        self.path,
+                        hex(md5)
+                    ),
+                    retryable: true,
+                };
+                return Err((e, true));
+            }
+        }
+        Ok(etag)
+    }
+
+    /// `AbortMultipartUpload`, best effort (an upload left behind is found and reused, or
+    /// removed by the bucket's lifecycle rules).
+    async fn abort(&self) {
+        match self.inner.client.call(self.request(Method::DELETE)).await {
+            Ok(a) if a.status.is_success() || a.status == StatusCode::NOT_FOUND => {}
+            Ok(a) => {
+                tracing::warn!(path = %self.path, status = %a.status, "s3 abort of a multipart upload failed")
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.path, %e, "s3 abort of a multipart upload failed")
+            }
+        }
+    }
+
+    /// The parts already on the server: part number → (ETag, size).
+    async fn parts(&self) -> Result<Option<std::collections::HashMap<u32, (String, u64)>>> {
+        let c = &self.inner.client;
+        let mut out = std::collections::HashMap::new();
+        let mut marker: Option<u32> = None;
+        loop {
+            let mut req = self.request(Method::GET);
+            if let Some(m) = marker {
+                req = req.query("part-number-marker", m.to_string());
+            }
+            let a = c.call(req).await?;
+            if no_such_upload(a.status, &a.body) {
+                return Ok(None);
+            }
+            if !a.status.is_success() {
+                return Err(c.error(&self.path, "list parts", a.status, &a.body));
+            }
+            let page: ListPartsResult = xml(&a.body, "list parts")?;
+            for p in page.parts {
+                out.insert(p.part_number, (normalize_etag(&p.etag), p.size));
+            }
+            match page.next_part_number_marker {
+                // A marker that does not advance would loop forever.
+                Some(m) if page.is_truncated && marker.is_none_or(|old| m > old) => {
+                    marker = Some(m)
+                }
+                _ => break,
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+impl Inner {
+    /// The newest unfinished multipart upload of exactly `key`, if any.
+    async fn find_upload(&self, path: &RemotePath, key: &str) -> Result<Option<String>> {
+        let mut found: Vec<(SystemTime, usize, String)> = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut req = Request::new(Method::GET, None)
+                .query("uploads", "")
+                .query("encoding-type", "url")
+                .query("prefix", key);
+            if let Some((k, u)) = &markers {
+                req = req.query("key-marker", k.clone());
+                req = req.query("upload-id-marker", u.clone());
+            }
+            let a = self.client.call(req).await?;
+            if !a.status.is_success() {
+                return Err(self.client.error(path, "list uploads", a.status, &a.body));
+            }
+            let page: ListMultipartUploadsResult = xml(&a.body, "list uploads")?;
+            let url = page.encoding_type.as_deref() == Some("url");
+            for u in page.uploads {
+                let k = if url { url_decode(&u.key) } else { Some(u.key) };
+                if k.as_deref() == Some(key) {
+                    let initiated = parse_iso8601(&u.initiated).unwrap_or(UNIX_EPOCH);
+                    found.push((initiated, found.len(), u.upload_id));
+                }
+            }
+            match (page.next_key_marker, page.next_upload_id_marker) {
+                (Some(k), Some(u))
+                    if page.is_truncated && markers.as_ref() != Some(&(k.clone(), u.clone())) =>
+                {
+                    let k = if url { url_decode(&k).unwrap_or(k) } else { k };
+                    markers = Some((k, u));
+                }
+                _ => break,
+            }
+        }
+        // Newest first; of two started in the same second, the later listed (S3 lists the
+        // uploads of a key oldest first).
+        Ok(found
+            .into_iter()
+            .max_by_key(|(t, i, _)| (*t, *i))
+            .map(|(_, _, id)| id))
+    }
+
+    /// `CreateMultipartUpload` of `key`.
+    async fn create_upload(&self, path: &RemotePath, key: &str) -> Result<String> {
+        let req = Request::new(Method::POST, Some(key)).query("uploads", "");
+        let a = self.client.call(req).await?;
+        if !a.status.is_success() {
+            return Err(self.client.error(path, "create upload", a.status, &a.body));
+        }
+        let r: InitiateMultipartUploadResult = xml(&a.body, "create upload")?;
+        Ok(r.upload_id)
+    }
+
+    /// The entry of the file just written at `path` (a symlink it replaced removed now).
+    async fn written(
+        &self,
+        path: &RemotePath,
+        len: u64,
+        etag: String,
+        over_link: bool,
+    ) -> Result<RemoteEntry> {
+        if over_link {
+            self.delete_key(path, &self.link_key(path)).await?;
+        }
+        // The server's time of the new object, so that the entry equals a later `stat`.
+        let mtime = match self.head(path).await {
+            Ok(Some(h)) if h.etag == etag => h.mtime,
+            _ => now_secs(),
+        };
+        Ok(file_entry(path.name(), len, mtime, &etag))
+    }
+
+    /// Whether `pre` holds for what a `HEAD` of `path` found.
+    fn check_pre(&self, path: &RemotePath, pre: &Precondition, head: Option<&Head>) -> Result<()> {
+        match pre {
+            Precondition::None => Ok(()),
+            Precondition::IfMatch(v) => match head {
+                Some(h) if h.etag.as_bytes() == v.as_bytes() => Ok(()),
+                _ => Err(precondition_failed(path)),
+            },
+            Precondition::IfNotExists => match head {
+                Some(_) => Err(ProviderError::AlreadyExists(path.clone())),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+/// A multipart upload of `body` (`len` bytes) to `path` under `pre`; the new object's ETag.
+async fn write_multipart(
+    inner: &Arc<Inner>,
+    path: &RemotePath,
+    body: ByteStream,
+    len: u64,
+    pre: &Precondition,
+) -> Result<String> {
+    let key = inner.key(path);
+    // Fail early, before sending gigabytes, when the precondition does not hold already.
+    inner.check_pre(path, pre, inner.head(path).await?.as_ref())?;
+    let part_size = part_size_for(len, inner.part_size);
+    let count = len.div_ceil(part_size) as u32;
+    let (id, existing) = match inner.find_upload(path, &key).await? {
+        Some(id) => {
+            let up = Upload {
+                inner: Arc::clone(inner),
+                path: path.clone(),
+                key: key.clone(),
+                id: id.clone(),
+            };
+            match up.parts().await? {
+                Some(parts) => (id, parts),
+                None => (inner.create_upload(path, &key).await?, Default::default()),
+            }
+        }
+        None => (inner.create_upload(path, &key).await?, Default::default()),
+    };
+    let upload = Arc::new(Upload {
+        inner: Arc::clone(inner),
+        path: path.clone(),
+        key,
+        id,
+    });
+    tracing::debug!(%path, upload = %upload.id, count, part_size, found = existing.len(), "s3 multipart upload");
+    let sent = send_parts(&upload, body, len, part_size, count, &existing).await;
+    let (md5s, etags) = match sent {
+        Ok(x) => x,
+        Err(e) => {
+            // A retryable failure keeps the upload (and its parts) for the next attempt.
+            if !e.is_retryable() {
+                upload.abort().await;
+            }
+            return Err(e);
+        }
+    };
+    let expected = etags
+        .iter()
+        .all(|e| etag_md5(e).is_some())
+        .then(|| multipart_etag(&md5s));
+    complete(&upload, len, pre, &etags, expected.as_deref()).await
+}
+
+/// Reads the parts from `body` in order and sends those the server does not have yet, a few
+/// at a time; the MD5 and ETag of every part.
+async fn send_parts(
+    upload: &Arc<Upload>,
+    body: ByteStream,
+    len: u64,
+    part_size: u64,
+    count: u32,
+    existing: &std::collections::HashMap<u32, (String, u64)>,
+) -> Result<(Vec<[u8; 16]>, Vec<String>)> {
+    let mut reader = PartReader {
+        body,
+        leftover: Bytes::new(),
+        path: upload.path.clone(),
+        len,
+        read: 0,
+    };
+    let parallel = PARTS_IN_FLIGHT.min(count as usize).max(1);
+    let mut tasks: tokio::task::JoinSet<Result<(u32, String)>> = tokio::task::JoinSet::new();
+    let mut md5s: Vec<[u8; 16]> = Vec::with_capacity(count as usize);
+    let mut etags: Vec<Option<String>> = vec![None; count as usize];
+    let mut failure: Option<ProviderError> = None;
+    let mut skipped = 0u32;
+    let record = |r: std::result::Result<Result<(u32, String)>, tokio::task::JoinError>,
+                  etags: &mut Vec<Option<String>>,
+                  failure: &mut Option<ProviderError>| match r {
+        Ok(Ok((n, etag))) => etags[n as usize - 1] = Some(etag),
+        Ok(Err(e)) => {
+            failure.get_or_insert(e);
+        }
+        Err(e) => {
+            failure.get_or_insert(ProviderError::Other {
+                message: format!("S3 write: a part upload task failed: {e}"),
+                retryable: true,
+            });
+        }
+    };
+    'parts: for n in 1..=count {
+        while let Some(r) = tasks.try_join_next() {
+            record(r, &mut etags, &mut failure);
+        }
+        if failure.is_some() {
+            break;
+        }
+        let size = part_size.min(len - u64::from(n - 1) * part_size) as usize;
+        let data = match reader.next_part(size).await {
+            Ok(d) => d,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        let md5: [u8; 16] = Md5::digest(&data).into();
+        md5s.push(md5);
+        if let Some((etag, sz)) = existing.get(&n) {
+            if *sz == size as u64
+                && etag_md5(etag).is_some_and(|m| m.eq_ignore_ascii_case(&hex(&md5)))
+            {
+                etags[n as usize - 1] = Some(etag.clone());
+                skipped += 1;
+                continue;
+            }
+        }
+        while tasks.len() >= parallel {
+            match tasks.join_next().await {
+                Some(r) => record(r, &mut etags, &mut failure),
+                None => break,
+            }
+            if failure.is_some() {
+                break 'parts;
+            }
+        }
+        tasks.spawn(Arc::clone(upload).put_part(n, data, md5));
+    }
+    if failure.is_none() {
+        if let Err(e) = reader.finish().await {
+            failure = Some(e);
+        }
+    }
+    // Parts in flight are let finish even after a failure: a later attempt skips them.
+    while let Some(r) = tasks.join_next().await {
+        record(r, &mut etags, &mut failure);
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    tracing::debug!(path = %upload.path, count, skipped, "s3 parts sent");
+    let etags = etags.into_iter().map(Option::unwrap_or_default).collect();
+    Ok((md5s, etags))
+}
+
+/// `CompleteMultipartUpload` under `pre` (see the module documentation); the object's ETag.
+async fn complete(
+    upload: &Upload,
+    len: u64,
+    pre: &Precondition,
+    etags: &[String],
+    expected: Option<&str>,
+) -> Result<String> {
+    let inner = &upload.inner;
+    let path = &upload.path;
+    let c = &inner.client;
+    // The object already is what this upload would make (an earlier attempt completed, and
+    // its answer was lost): done.
+    let done_already = |h: &Option<Head>| {
+        h.as_ref()
+            .is_some_and(|h| h.size == len && Some(h.etag.as_str()) == expected)
+    };
+    let head = inner.head(path).await?;
+    if done_already(&head) {
+        upload.abort().await;
+        return Ok(head.map(|h| h.etag).unwrap_or_default());
+    }
+    if let Err(e) = inner.check_pre(path, pre, head.as_ref()) {
+        upload.abort().await;
+        return Err(e);
+    }
+    let conditions = match pre {
+        Precondition::None => None,
+        _ => Some(inner.conditions().await?),
+    };
+    let mut xml_body =
+        String::from("<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
+    for (i, e) in etags.iter().enumerate() {
+        xml_body.push_str(&format!(
+            "<Part><PartNumber>{}</PartNumber><ETag>{}</ETag></Part>",
+            i + 1,
+            e.replace('&', "&amp;").replace('<', "&lt;")
+        ));
+    }
+    xml_body.push_str("</CompleteMultipartUpload>");
+    let xml_body = Bytes::from(xml_body);
+    // The server joins the parts before it answers: give it time in proportion to the size.
+    let deadline =
+        (c.timeout + Duration::from_secs(len >> 24)).min(MAX_COMPLETE_WAIT.max(c.timeout));
+    let mut attempt = 0;
+    let a = loop {
+        let mut req = upload.request(Method::POST);
+        match (pre, conditions) {
+            (Precondition::IfMatch(v), Some(cd)) if cd.if_match => {
+                req = req.header("if-match", String::from_utf8_lossy(v.as_bytes()));
+            }
+            (Precondition::IfNotExists, Some(cd)) if cd.if_none_match => {
+                req = req.header("if-none-match", "*");
+            }
+            _ => {}
+        }
+        req.body = Body::Bytes(xml_body.clone());
+        req.deadline = Some(deadline);
+        let failure = match c.call(req).await {
+            // A 200 may still carry an error, found once the parts were joined.
+            Ok(a) if a.status.is_success() && error_body(&a.body).is_some() => c.error(
+                path,
+                "complete upload",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &a.body,
+            ),
+            Ok(a) if a.status.is_success() => break a,
+            Ok(a) => {
+                let gone = no_such_upload(a.status, &a.body);
+                if gone || matches!(a.status.as_u16(), 412 | 409) {
+                    // Perhaps an earlier try of ours that timed out did it.
+                    let head = inner.head(path).await?;
+                    if done_already(&head) {
+                        return Ok(head.map(|h| h.etag).unwrap_or_default());
+                    }
+                }
+                if gone {
+                    return Err(ProviderError::Other {
+                        message: format!("S3 write {path}: the multipart upload is gone"),
+                        retryable: true,
+                    });
+                }
+                match (a.status.as_u16(), pre) {
+                    (412 | 409, Precondition::IfNotExists) => {
+                        upload.abort().await;
+                        return Err(ProviderError::AlreadyExists(path.clone()));
+                    }
+                    (412 | 409, _) => {
+                        upload.abort().await;
+                        return Err(precondition_failed(path));
+                    }
+                    (404, Precondition::IfMatch(_))
+                        if matches!(
+                            c.error(path, "complete upload", a.status, &a.body),
+                            ProviderError::NotFound(_)
+                        ) =>
+                    {
+                        upload.abort().await;
+                        return Err(precondition_failed(path));
+                    }
+                    _ => c.error(path, "complete upload", a.status, &a.body),
+                }
+            }
+            Err(e) => e,
+        };
+        if !failure.is_retryable() || attempt + 1 >= PART_ATTEMPTS {
+            if !failure.is_retryable() {
+                upload.abort().await;
+            }
+            return Err(failure);
+        }
+        tracing::debug!(%path, attempt, %failure, "s3 complete retried");
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt += 1;
+    };
+    let etag = match xml::<CompleteMultipartUploadResult>(&a.body, "complete upload") {
+        Ok(r) if !r.etag.is_empty() => normalize_etag(&r.etag),
+        _ => a
+            .header("etag")
+            .map(normalize_etag)
+            .ok_or_else(|| ProviderError::Other {
+                message: format!("S3 write {path}: no ETag in the answer"),
+                retryable: false,
+            })?,
+    };
+    if let Some(expected) = expected {
+        if etag != expected {
+            return Err(ProviderError::Other {
+                message: format!(
+                    "S3 write {path}: integrity check failed: the server made ETag {etag} of the \
+                     parts, {expected} was expected"
+                ),
+                retryable: true,
+            });
+        }
+    }
+    Ok(etag)
 }
 
 /// The state of a read stream (see [`Provider::read`] for S3).
@@ -1963,10 +2775,8 @@ impl Provider for S3Provider {
             return Err(ProviderError::IsADirectory(path.clone()));
         }
         inner.check_new_name(path)?;
-        if len > MAX_PUT {
-            return Err(ProviderError::NotSupported(
-                "files larger than 5 GiB on S3 (multipart upload)",
-            ));
+        if len > MAX_OBJECT {
+            return Err(ProviderError::NotSupported("files larger than 5 TiB on S3"));
         }
         let (parent, dir_here, link_here) = futures::join!(
             inner.check_parent(path),
@@ -1984,6 +2794,10 @@ impl Provider for S3Provider {
         let link_here = link_here?;
         if link_here.is_some() && matches!(pre, Precondition::IfNotExists) {
             return Err(ProviderError::AlreadyExists(path.clone()));
+        }
+        if len > inner.multipart_threshold {
+            let etag = write_multipart(inner, path, body, len, &pre).await?;
+            return inner.written(path, len, etag, link_here.is_some()).await;
         }
         let key = inner.key(path);
         let mut req = Request::new(Method::PUT, Some(&key));
@@ -2074,15 +2888,7 @@ impl Provider for S3Provider {
                 });
             }
         }
-        if link_here.is_some() {
-            inner.delete_key(path, &inner.link_key(path)).await?;
-        }
-        // The server's time of the new object, so that the entry equals a later `stat`.
-        let mtime = match inner.head(path).await {
-            Ok(Some(h)) if h.etag == etag => h.mtime,
-            _ => now_secs(),
-        };
-        Ok(file_entry(path.name(), len, mtime, &etag))
+        inner.written(path, len, etag, link_here.is_some()).await
     }
 
     async fn delete(&self, path: &RemotePath, pre: Precondition) -> Result<()> {
@@ -2112,7 +2918,7 @@ impl Provider for S3Provider {
         if let Some(parent) = path.parent() {
             inner.keep_dir(&parent).await?;
         }
-        inner.delete_key(path, &key).await
+        inner.delete_key_if(path, &key, Some(&h.etag)).await
     }
 
     async fn mkdir(&self, path: &RemotePath) -> Result<RemoteEntry> {

@@ -70,10 +70,25 @@
 //!   someone else between that `lstat` and the rename (one round trip) is overwritten.
 //!   `IfNotExists` renames with the plain SFTP rename, which OpenSSH does with `link(2)` +
 //!   `unlink` for a file: it fails atomically when anything is at the target.
-//! * `delete`: `lstat` (a directory is `IsADirectory`; `IfMatch` compared), then `remove`: a
-//!   change between the two is a window of one round trip. `mkdir`: `mkdir` (the umask
-//!   applies). `rmdir`: `rmdir`, which the server refuses for a non-empty directory
-//!   (`NotEmpty`; an upload in progress in it counts).
+//!   `IfMatch` on a missing file whose parent is missing or not a folder is `NotFound` /
+//!   `NotADirectory` of the parent (OpenSSH answers "no such file" below a file), as a
+//!   creation there is, rather than `PreconditionFailed`.
+//! * `delete`: `lstat` (a directory is `IsADirectory`; `IfMatch` compared). Without a
+//!   precondition, then `remove`. With `IfMatch`, a change made before the removal is never
+//!   removed: the file is renamed (atomically, with `posix-rename@openssh.com` where offered)
+//!   to a hidden `.syncoxide-tmp-<random>` beside it, and that name is `lstat`ed: the version
+//!   asked for is removed; anything else (changed or replaced before the rename) goes back
+//!   with the plain SFTP rename, which never replaces, and the answer is `PreconditionFailed`;
+//!   if the name was taken again meanwhile, the changed file is kept beside it as
+//!   `NAME.conflict-remote-<time>.EXT` (also `PreconditionFailed`). The remaining window: for
+//!   those two or three round trips the name is absent (a reader finds no file there; a file
+//!   created there meanwhile is what sends the put-back to a conflict name), and a program
+//!   that had the file open before the rename and writes to it after the `lstat` writes into
+//!   the removed file, as with any removal. A cancelled delete puts the file back in the
+//!   background; a connection lost between the rename and the put-back leaves it under the
+//!   hidden name.
+//! * `mkdir`: `mkdir` (the umask applies). `rmdir`: `rmdir`, which the server refuses for a
+//!   non-empty directory (`NotEmpty`; an upload in progress in it counts).
 //! * `rename`: what is at the target is checked first (a file never replaces a directory or the
 //!   reverse; `AlreadyExists` without `replace`), then `posix-rename@openssh.com` (atomic, and a
 //!   directory replaces only an empty one) with `replace`, the plain SFTP rename without (which
@@ -893,14 +908,19 @@ impl Cx {
     }
 }
 
-/// Closes a handle (and removes a temporary file) when dropped before [`Cleanup::run`], in the
-/// background: a cancelled read or write leaves nothing open or behind.
+/// Closes a handle (and removes a temporary file, or puts a file set aside by a conditional
+/// `delete` back at its name) when dropped before [`Cleanup::run`], in the background: a
+/// cancelled read, write or delete leaves nothing open, behind or hidden.
 struct Cleanup {
     c: Arc<Conn>,
     timeout: Duration,
     handle: Option<String>,
     remove: Option<String>,
+    /// `(temporary name, name)`: renamed back (no-replace) when dropped.
+    restore: Option<(String, String)>,
 }
+
+type CleanupWork = (Option<String>, Option<String>, Option<(String, String)>);
 
 impl Cleanup {
     fn new(c: &Arc<Conn>, timeout: Duration) -> Self {
@@ -909,37 +929,44 @@ impl Cleanup {
             timeout,
             handle: None,
             remove: None,
+            restore: None,
         }
     }
 
-    fn take(&mut self) -> (Option<String>, Option<String>) {
-        (self.handle.take(), self.remove.take())
+    fn take(&mut self) -> CleanupWork {
+        (self.handle.take(), self.remove.take(), self.restore.take())
     }
 
     /// Closes and removes now.
     async fn run(mut self) {
-        let (handle, remove) = self.take();
-        cleanup(Arc::clone(&self.c), self.timeout, handle, remove).await;
+        let work = self.take();
+        cleanup(Arc::clone(&self.c), self.timeout, work).await;
     }
 }
 
-async fn cleanup(c: Arc<Conn>, timeout: Duration, handle: Option<String>, remove: Option<String>) {
+async fn cleanup(c: Arc<Conn>, timeout: Duration, (handle, remove, restore): CleanupWork) {
     if let Some(h) = handle {
         let _ = tokio::time::timeout(timeout, c.sftp.close(h)).await;
     }
     if let Some(r) = remove {
         let _ = tokio::time::timeout(timeout, c.sftp.remove(r)).await;
     }
+    if let Some((tmp, name)) = restore {
+        let back = tokio::time::timeout(timeout, c.sftp.rename(tmp.as_str(), name.as_str())).await;
+        if !matches!(back, Ok(Ok(_))) {
+            tracing::warn!(%tmp, %name, "sftp: a cancelled delete could not put the file back: it stays under the temporary name");
+        }
+    }
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let (handle, remove) = self.take();
-        if handle.is_none() && remove.is_none() {
+        let work = self.take();
+        if matches!(work, (None, None, None)) {
             return;
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(cleanup(Arc::clone(&self.c), self.timeout, handle, remove));
+            rt.spawn(cleanup(Arc::clone(&self.c), self.timeout, work));
         }
     }
 }
@@ -1255,7 +1282,7 @@ impl ReadState {
     /// Closes the file; the stream ends.
     async fn finish(&mut self) {
         self.done = true;
-        let (handle, _) = self.guard.take();
+        let (handle, _, _) = self.guard.take();
         if let Some(h) = handle {
             self.cx.close(h).await;
         }
@@ -1324,7 +1351,14 @@ impl Cx {
         match (pre, &st) {
             (Precondition::IfNotExists, Some(_)) => Err(ProviderError::AlreadyExists(path.clone())),
             (_, Some(a)) if is_dir(a) => Err(ProviderError::IsADirectory(path.clone())),
-            (Precondition::IfMatch(_), None) => Err(precondition_failed(path)),
+            (Precondition::IfMatch(_), None) => {
+                // OpenSSH answers "no such file" below a file too: a missing or replaced
+                // parent is named as such (as a creation would), not a changed file.
+                match self.parent_problem(path).await? {
+                    Some(e) => Err(e),
+                    None => Err(precondition_failed(path)),
+                }
+            }
             (Precondition::IfMatch(v), Some(a)) if version_of(a) != *v => {
                 Err(precondition_failed(path))
             }
@@ -1562,7 +1596,12 @@ impl Cx {
         };
         match pre {
             Precondition::None => {}
-            Precondition::IfMatch(v) if *v == version_of(&a) => {}
+            Precondition::IfMatch(v) if *v == version_of(&a) => {
+                let mut guard = Cleanup::new(&self.c, self.inner.cfg.request_timeout);
+                let r = self.delete_if_match(path, v, &mut guard).await;
+                guard.run().await;
+                return r;
+            }
             Precondition::IfMatch(_) | Precondition::IfNotExists => {
                 return Err(precondition_failed(path))
             }
@@ -1572,15 +1611,129 @@ impl Cx {
                 self.inner.touched(path.parent());
                 Ok(())
             }
-            Err(f) => Err(match (f.code(), self.lstat_opt(path).await) {
-                (_, Ok(Some(a))) if is_dir(&a) => ProviderError::IsADirectory(path.clone()),
-                (Some(StatusCode::NoSuchFile), Ok(None)) if *pre != Precondition::None => {
-                    precondition_failed(path)
-                }
-                (_, Err(e)) => e,
+            Err(f) => Err(match self.lstat_opt(path).await {
+                Ok(Some(a)) if is_dir(&a) => ProviderError::IsADirectory(path.clone()),
+                Err(e) => e,
                 _ => self.fail(f, path, "remove").await,
             }),
         }
+    }
+
+    /// A `delete` conditional on version `v` (which `path` had a moment ago): `path` is renamed
+    /// to a hidden temporary name beside it (atomically: whatever is at the name moves), and
+    /// what moved is removed only if it has version `v`; anything else goes back (see
+    /// [`Cx::put_back`]) and the answer is `PreconditionFailed`.
+    async fn delete_if_match(
+        &self,
+        path: &RemotePath,
+        v: &Version,
+        guard: &mut Cleanup,
+    ) -> Result<()> {
+        let parent = path.parent().unwrap_or_else(RemotePath::root);
+        let tmp = match parent.join(&format!("{TMP_PREFIX}{}", random_hex())) {
+            Some(t) => self.full(&t),
+            None => {
+                return Err(ProviderError::Other {
+                    message: format!("SFTP delete {path}: cannot name a temporary file"),
+                    retryable: false,
+                })
+            }
+        };
+        let full = self.full(path);
+        // The temporary name is new: posix-rename (rename(2)) is atomic, the plain rename
+        // (link(2) + unlink) as good as that for a file.
+        let moved = if self.c.ext.posix_rename {
+            self.extended(EXT_POSIX_RENAME, ssh_strings(&[&full, &tmp]))
+                .await
+        } else {
+            self.req_status(self.c.sftp.rename(full.as_str(), tmp.as_str()))
+                .await
+        };
+        if let Err(f) = moved {
+            return Err(match self.lstat_opt(path).await {
+                Err(e) => e,
+                // Removed or changed meanwhile.
+                Ok(None) => precondition_failed(path),
+                Ok(Some(a)) if version_of(&a) != *v => precondition_failed(path),
+                Ok(Some(_)) => self.fail(f, path, "rename").await,
+            });
+        }
+        guard.restore = Some((tmp.clone(), full));
+        self.inner.touched(Some(parent));
+        let now = match self.req(self.c.sftp.lstat(tmp.as_str())).await {
+            Ok(a) => a.attrs,
+            // Someone removed it under its temporary name: gone, as asked.
+            Err(Fail::Status(StatusCode::NoSuchFile, _)) => {
+                guard.restore = None;
+                return Ok(());
+            }
+            Err(f) => {
+                let e = self.fail(f, path, "lstat").await;
+                guard.restore = None;
+                self.put_back(path, &tmp).await?;
+                return Err(e);
+            }
+        };
+        if version_of(&now) != *v {
+            // Changed (or replaced) between our lstat and the rename: not ours to remove.
+            guard.restore = None;
+            self.put_back(path, &tmp).await?;
+            return Err(precondition_failed(path));
+        }
+        // (A file version: a directory there never has it.)
+        let removed = self.req_status(self.c.sftp.remove(tmp.as_str())).await;
+        guard.restore = None;
+        match removed {
+            Ok(()) | Err(Fail::Status(StatusCode::NoSuchFile, _)) => Ok(()),
+            Err(f) => {
+                let e = self.fail(f, path, "remove").await;
+                self.put_back(path, &tmp).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts what a conditional `delete` set aside at `tmp` back at `path`, with the plain SFTP
+    /// rename (which never replaces). When the name was taken meanwhile, both are kept: the
+    /// set-aside one goes beside it under a conflict name (`NAME.conflict-remote-<time>.EXT`).
+    async fn put_back(&self, path: &RemotePath, tmp: &str) -> Result<()> {
+        let full = self.full(path);
+        let f = match self
+            .req_status(self.c.sftp.rename(tmp, full.as_str()))
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(f) => f,
+        };
+        if self.lstat_opt(path).await?.is_none() {
+            let e = self.fail(f, path, "rename").await;
+            tracing::warn!(%path, %tmp, error = %e, "sftp delete: cannot put the file back; it stays under the temporary name");
+            return Err(e);
+        }
+        let parent = path.parent().unwrap_or_else(RemotePath::root);
+        for n in 1..=100 {
+            let name = crate::uploader::conflict_name(path.name(), "remote", SystemTime::now(), n);
+            let Some(aside) = parent.join(&name).filter(|a| check_new_name(a).is_ok()) else {
+                break;
+            };
+            let to = self.full(&aside);
+            match self.req_status(self.c.sftp.rename(tmp, to.as_str())).await {
+                Ok(()) => {
+                    tracing::warn!(%path, conflict = %aside, "sftp delete: the file changed meanwhile and its name was taken again: kept beside it");
+                    return Ok(());
+                }
+                Err(f) => {
+                    if self.lstat_opt(&aside).await?.is_none() {
+                        return Err(self.fail(f, &aside, "rename").await);
+                    }
+                }
+            }
+        }
+        tracing::warn!(%path, %tmp, "sftp delete: no free conflict name; the changed file stays under the temporary name");
+        Err(ProviderError::Other {
+            message: format!("SFTP delete {path}: no free name to keep the changed file under"),
+            retryable: false,
+        })
     }
 
     async fn mkdir_once(&self, path: &RemotePath) -> Result<RemoteEntry> {
