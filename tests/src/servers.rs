@@ -285,6 +285,15 @@ impl S3Server {
     pub fn download(&self, bucket: &str) -> crate::TempDir {
         let out = crate::tempdir("s3-download");
         for key in self.keys(bucket) {
+            // The provider's own probe objects (hidden from the drive; one is left behind when
+            // a mount is killed during its probe, removed by a later probe an hour on).
+            if key
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with(".syncoxide-probe-"))
+            {
+                continue;
+            }
             let p = out.path().join(&key);
             if key.ends_with('/') {
                 std::fs::create_dir_all(&p).expect("mkdir");

@@ -426,13 +426,13 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
 /// A temporary name: `.syncoxide-tmp-<host>-<pid>-<random>`, so that one left behind by a
 /// killed upload can be told from one being written by a live process (of this or another
 /// machine sharing the folder).
-fn tmp_name() -> String {
-    format!(
-        "{TMP_PREFIX}{}-{}-{}",
-        this_host(),
-        std::process::id(),
-        random_hex()
-    )
+pub(crate) fn tmp_name() -> String {
+    tmp_name_with(&random_hex())
+}
+
+/// [`tmp_name`] with `tail` (no `-` in it) in place of the random part.
+pub(crate) fn tmp_name_with(tail: &str) -> String {
+    format!("{TMP_PREFIX}{}-{}-{tail}", this_host(), std::process::id())
 }
 
 /// This machine's name as it goes into temporary names (read once).
@@ -450,18 +450,30 @@ fn this_host() -> &'static str {
     })
 }
 
+/// Whether the temporary name `name` (made by [`tmp_name`]) was left behind by a process of
+/// this host that died in the middle of an upload (its pid no longer runs). Others' names and
+/// live ones are not. Also what the SFTP provider asks: the host and pid are the client's.
+pub(crate) fn abandoned_by_this_host(name: &str) -> bool {
+    abandoned_tail(name).is_some()
+}
+
+/// The tail (random part) of a temporary name abandoned by this host, see
+/// [`abandoned_by_this_host`].
+pub(crate) fn abandoned_tail(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(TMP_PREFIX)?;
+    let mut parts = rest.rsplitn(3, '-');
+    let (tail, pid, host) = (parts.next()?, parts.next()?, parts.next()?);
+    let pid = pid.parse::<u32>().ok()?;
+    let abandoned = host == this_host()
+        && pid != std::process::id()
+        && !Path::new(&format!("/proc/{pid}")).exists();
+    abandoned.then_some(tail)
+}
+
 /// Removes a temporary file that a process of this host left behind when it died in the
 /// middle of an upload (its pid no longer runs). Others' and live ones are left alone.
 fn remove_if_abandoned(path: &Path, name: &str) {
-    let mut parts = name[TMP_PREFIX.len()..].rsplitn(3, '-');
-    let (_rand, pid, host) = (parts.next(), parts.next(), parts.next());
-    let (Some(pid), Some(host)) = (pid.and_then(|p| p.parse::<u32>().ok()), host) else {
-        return;
-    };
-    if host != this_host() || pid == std::process::id() {
-        return;
-    }
-    if Path::new(&format!("/proc/{pid}")).exists() {
+    if !abandoned_by_this_host(name) {
         return;
     }
     match fs::remove_file(path) {

@@ -46,7 +46,8 @@
 //!   must be refused too). Where the server does not honour a header, that precondition falls
 //!   back to a `HEAD` and compare just before the `PUT`: a change by someone else in that window
 //!   (one round trip) is overwritten. [`Capabilities::conditional_write`] is `true` until a probe
-//!   shows otherwise.
+//!   shows otherwise. The probe key is deleted after; one left by a process killed during its
+//!   probe stays hidden and is removed by a later probe once it is an hour old.
 //! * `delete`: `HEAD` and compare the version, then `DELETE` with `If-Match` (AWS and moto
 //!   honour it; on a server that ignores it, the same window applies). `rmdir`: `NotEmpty` if any key but the marker is
 //!   under the prefix, else the marker is deleted.
@@ -138,6 +139,8 @@ use super::{
 
 /// Names of the objects written by the conditional-write probe (hidden, reserved).
 pub const PROBE_PREFIX: &str = ".syncoxide-probe-";
+/// Age after which a probe object left behind is removed by the next probe.
+const PROBE_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// Longest name component, in bytes (like the other providers, so names behave the same).
 const MAX_NAME_LEN: usize = 255;
@@ -1638,7 +1641,40 @@ impl Inner {
         {
             tracing::debug!(%e, "s3 probe cleanup failed");
         }
+        self.sweep_old_probes().await;
         result
+    }
+
+    /// Removes probe objects that a process killed in the middle of its probe left behind, once
+    /// they are an hour old (a younger one may be another machine's probe in progress). Best
+    /// effort, one page.
+    async fn sweep_old_probes(&self) {
+        let prefix = format!("{}{PROBE_PREFIX}", self.prefix);
+        let page = match self
+            .list_raw(&RemotePath::root(), &prefix, true, None, Some(100))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(%e, "s3 probe sweep: listing failed");
+                return;
+            }
+        };
+        let old = SystemTime::now() - PROBE_MAX_AGE;
+        for o in &page.contents {
+            let stale = parse_iso8601(&o.last_modified).is_some_and(|t| t < old);
+            // Probe names are hex: the key is the same URL-encoded or not.
+            if stale && o.key.starts_with(&prefix) {
+                let key = o.key.clone();
+                if let Err(e) = self
+                    .client
+                    .call(Request::new(Method::DELETE, Some(&key)))
+                    .await
+                {
+                    tracing::debug!(%e, %key, "s3 probe sweep: delete failed");
+                }
+            }
+        }
     }
 
     /// A ranged, conditional `GET` from `start` to `end` (exclusive, `None`: the end of the

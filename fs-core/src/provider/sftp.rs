@@ -45,7 +45,10 @@
 //!   read with `readlink`; special files (FIFOs, sockets, devices) are left out of listings and
 //!   are `NotSupported` for `stat`.
 //! * Names starting with [`TMP_PREFIX`] (the same as the local provider's) are uploads in
-//!   progress: hidden from listings and `stat`, and reserved.
+//!   progress: hidden from listings and `stat`, and reserved. An upload's temporary name
+//!   carries the client's host name and pid (`.syncoxide-tmp-<host>-<pid>-<random>`); a
+//!   listing removes those of this host whose process no longer runs (a mount killed in the
+//!   middle of an upload). Those of other hosts are left alone.
 //!
 //! # Operations
 //!
@@ -76,7 +79,9 @@
 //! * `delete`: `lstat` (a directory is `IsADirectory`; `IfMatch` compared). Without a
 //!   precondition, then `remove`. With `IfMatch`, a change made before the removal is never
 //!   removed: the file is renamed (atomically, with `posix-rename@openssh.com` where offered)
-//!   to a hidden `.syncoxide-tmp-<random>` beside it, and that name is `lstat`ed: the version
+//!   to a hidden `.syncoxide-tmp-<host>-<pid>-d<size>m<mtime>r<random>` beside it (a mount
+//!   killed right then leaves it there; a later listing removes it if it still has that
+//!   version, else leaves it hidden with a warning), and that name is `lstat`ed: the version
 //!   asked for is removed; anything else (changed or replaced before the rename) goes back
 //!   with the plain SFTP rename, which never replaces, and the answer is `PreconditionFailed`;
 //!   if the name was taken again meanwhile, the changed file is kept beside it as
@@ -244,6 +249,30 @@ fn check_new_name(p: &RemotePath) -> Result<()> {
 
 fn precondition_failed(p: &RemotePath) -> ProviderError {
     ProviderError::PreconditionFailed { path: p.clone() }
+}
+
+/// The tail of the temporary name a conditional delete of version `v` sets the file aside
+/// under: `d<size>m<mtime>r<random>` (no `-`), so that what a killed delete left can be told
+/// to be the version it was to remove.
+fn delete_tail(v: &Version) -> String {
+    let plain: String = v
+        .as_bytes()
+        .iter()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|&c| char::from(c))
+        .collect();
+    format!("d{}r{}", plain.trim_start_matches('s'), random_hex())
+}
+
+/// Whether a file with `attrs` has the version a [`delete_tail`] was made for.
+fn delete_tail_matches(tail: &str, attrs: &FileAttributes) -> bool {
+    if is_dir(attrs) {
+        return false;
+    }
+    let Some((v, _)) = tail.rsplit_once('r') else {
+        return false;
+    };
+    v == format!("d{}m{}", attrs.size.unwrap_or(0), attrs.mtime.unwrap_or(0))
 }
 
 fn random_hex() -> String {
@@ -1140,6 +1169,36 @@ impl Cx {
             }
         }
         guard.run().await;
+        // Uploads of this machine's mounts that were killed midway: removed in the background.
+        let abandoned: Vec<String> = files
+            .iter()
+            .filter(|f| match super::local::abandoned_tail(&f.filename) {
+                None => false,
+                // A conditional delete's file set aside: removed only if it still has the
+                // version the delete was for; a changed one stays (hidden) and is reported.
+                Some(tail) if tail.starts_with('d') => {
+                    let ok = delete_tail_matches(tail, &f.attrs);
+                    if !ok {
+                        tracing::warn!(dir = %dir, name = %f.filename, "sftp: a file set aside by an interrupted delete changed meanwhile; left under its temporary name");
+                    }
+                    ok
+                }
+                Some(_) => true,
+            })
+            .map(|f| format!("{}/{}", self.full(dir).trim_end_matches('/'), f.filename))
+            .collect();
+        if !abandoned.is_empty() {
+            let c = Arc::clone(&self.c);
+            let timeout = self.inner.cfg.request_timeout;
+            tokio::spawn(async move {
+                for f in abandoned {
+                    match tokio::time::timeout(timeout, c.sftp.remove(f.as_str())).await {
+                        Ok(Ok(_)) => tracing::info!(file = %f, "sftp: removed a temporary file left by an interrupted upload"),
+                        _ => tracing::debug!(file = %f, "sftp: could not remove an abandoned temporary file"),
+                    }
+                }
+            });
+        }
         let wanted: Vec<_> = files
             .into_iter()
             .filter(|f| f.filename != "." && f.filename != ".." && !is_hidden(&f.filename))
@@ -1630,7 +1689,7 @@ impl Cx {
         guard: &mut Cleanup,
     ) -> Result<()> {
         let parent = path.parent().unwrap_or_else(RemotePath::root);
-        let tmp = match parent.join(&format!("{TMP_PREFIX}{}", random_hex())) {
+        let tmp = match parent.join(&super::local::tmp_name_with(&delete_tail(v))) {
             Some(t) => self.full(&t),
             None => {
                 return Err(ProviderError::Other {
@@ -2003,7 +2062,7 @@ impl Provider for SftpProvider {
             break (cx, r?);
         };
         let parent = path.parent().unwrap_or_else(RemotePath::root);
-        let tmp_name = format!("{TMP_PREFIX}{}", random_hex());
+        let tmp_name = super::local::tmp_name();
         let tmp = match parent.join(&tmp_name) {
             Some(t) => cx.full(&t),
             None => {
@@ -2168,6 +2227,20 @@ mod tests {
             [0, 0, 0, 2, b'a', b'b', 0, 0, 0, 0]
         );
         assert!(check_new_name(&RemotePath::parse(&format!("{TMP_PREFIX}x")).unwrap()).is_err());
+        // What a killed conditional delete set aside is known by its version.
+        let a = FileAttributes {
+            size: Some(243_788),
+            mtime: Some(1_733_561_234),
+            ..FileAttributes::empty()
+        };
+        let tail = delete_tail(&version_of(&a));
+        assert!(!tail.contains('-'), "{tail}");
+        assert!(delete_tail_matches(&tail, &a), "{tail}");
+        let changed = FileAttributes {
+            size: Some(243_789),
+            ..a.clone()
+        };
+        assert!(!delete_tail_matches(&tail, &changed), "{tail}");
         assert!(check_new_name(&RemotePath::parse(&"n".repeat(256)).unwrap()).is_err());
         assert!(check_new_name(&RemotePath::parse(&"n".repeat(255)).unwrap()).is_ok());
     }
