@@ -21,6 +21,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use harness::remotes::TestRemote;
 use harness::{fsync_dir, tempdir, wait_timeout, Drive, Rng};
 
 const DIRS: [&str; 3] = ["d0", "d1", "d2"];
@@ -332,20 +333,36 @@ fn read_journal(path: &Path) -> Round {
 
 #[test]
 fn kill9_during_fsynced_writes_loses_nothing_acknowledged() {
-    crash_rounds(0.3, true);
+    crash_rounds(&TestRemote::folder(), 0.3, true);
+}
+
+/// The same over S3, WebDAV and SFTP (fewer rounds: `SYNCOXIDE_CRASH_ROUNDS` / 3).
+#[test]
+fn s3_kill9_during_fsynced_writes_loses_nothing_acknowledged() {
+    crash_rounds(&TestRemote::s3("crash"), 0.3, true);
+}
+
+#[test]
+fn webdav_kill9_during_fsynced_writes_loses_nothing_acknowledged() {
+    crash_rounds(&TestRemote::webdav("crash"), 0.3, true);
+}
+
+#[test]
+fn sftp_kill9_during_fsynced_writes_loses_nothing_acknowledged() {
+    crash_rounds(&TestRemote::sftp("crash"), 0.3, true);
 }
 
 /// The same without renames over existing files.
 #[test]
 fn kill9_during_fsynced_writes_without_renames_over_files() {
-    crash_rounds(0.0, true);
+    crash_rounds(&TestRemote::folder(), 0.0, true);
 }
 
 /// What the drive shows after each `kill -9` and replay (not what reaches the remote), without
 /// renames over existing files: every acknowledged operation is there.
 #[test]
 fn kill9_then_replay_shows_every_acknowledged_operation() {
-    crash_rounds(0.0, false);
+    crash_rounds(&TestRemote::folder(), 0.0, false);
 }
 
 /// After a remount: the drive must show the model, with the operation in flight at the kill
@@ -371,22 +388,22 @@ fn verify(
 }
 
 /// Rounds of writer + `kill -9`; `rename_over`: how often a rename replaces another file;
-/// `remote`: also compare the remote folder with the model at the end.
-fn crash_rounds(rename_over: f64, remote_too: bool) {
+/// `remote_too`: also compare what the remote holds with the model at the end.
+fn crash_rounds(remote: &TestRemote, rename_over: f64, remote_too: bool) {
     let started = Instant::now();
     let seed = Rng::seed_from_env("SYNCOXIDE_CRASH_SEED", 20_250_601);
     let rounds: u64 = std::env::var("SYNCOXIDE_CRASH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(24);
+        .unwrap_or(24)
+        / if remote.kind() == "local" { 1 } else { 3 };
     let mut rng = Rng::new(seed);
-    let remote = tempdir("remote");
     let work = tempdir("crash");
     let script = work.path().join("writer.py");
     fs::write(&script, WRITER).unwrap();
     let cache = work.path().join("cache");
 
-    let mut drive = Drive::builder(remote.path()).cache_dir(&cache).foreground();
+    let mut drive = remote.builder().cache_dir(&cache).foreground();
     for d in DIRS {
         fs::create_dir(drive.path().join(d)).unwrap();
     }
@@ -491,7 +508,8 @@ fn crash_rounds(rename_over: f64, remote_too: bool) {
     if !remote_too {
         return;
     }
-    let diff = model_diff(&model, &observe(remote.path()));
+    let view = remote.view();
+    let diff = model_diff(&model, &observe(&view));
     if !diff.is_empty() {
         let mut msg = String::new();
         for line in diff.iter().take(30) {

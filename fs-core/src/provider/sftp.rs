@@ -79,7 +79,7 @@
 //! * `delete`: `lstat` (a directory is `IsADirectory`; `IfMatch` compared). Without a
 //!   precondition, then `remove`. With `IfMatch`, a change made before the removal is never
 //!   removed: the file is renamed (atomically, with `posix-rename@openssh.com` where offered)
-//!   to a hidden `.syncoxide-tmp-<host>-<pid>-d<size>m<mtime>r<random>` beside it (a mount
+//!   to a hidden `.syncoxide-tmp-<host>-<pid>-v<size>m<mtime>r<random>` beside it (a mount
 //!   killed right then leaves it there; a later listing removes it if it still has that
 //!   version, else leaves it hidden with a warning), and that name is `lstat`ed: the version
 //!   asked for is removed; anything else (changed or replaced before the rename) goes back
@@ -252,8 +252,9 @@ fn precondition_failed(p: &RemotePath) -> ProviderError {
 }
 
 /// The tail of the temporary name a conditional delete of version `v` sets the file aside
-/// under: `d<size>m<mtime>r<random>` (no `-`), so that what a killed delete left can be told
-/// to be the version it was to remove.
+/// under: `v<size>m<mtime>r<random>` (no `-`; `v` is not a hex digit, so an upload's random
+/// tail never looks like it), so that what a killed delete left can be told to be the
+/// version it was to remove.
 fn delete_tail(v: &Version) -> String {
     let plain: String = v
         .as_bytes()
@@ -261,7 +262,7 @@ fn delete_tail(v: &Version) -> String {
         .filter(|c| c.is_ascii_alphanumeric())
         .map(|&c| char::from(c))
         .collect();
-    format!("d{}r{}", plain.trim_start_matches('s'), random_hex())
+    format!("v{}r{}", plain.trim_start_matches('s'), random_hex())
 }
 
 /// Whether a file with `attrs` has the version a [`delete_tail`] was made for.
@@ -272,7 +273,7 @@ fn delete_tail_matches(tail: &str, attrs: &FileAttributes) -> bool {
     let Some((v, _)) = tail.rsplit_once('r') else {
         return false;
     };
-    v == format!("d{}m{}", attrs.size.unwrap_or(0), attrs.mtime.unwrap_or(0))
+    v == format!("v{}m{}", attrs.size.unwrap_or(0), attrs.mtime.unwrap_or(0))
 }
 
 fn random_hex() -> String {
@@ -1176,7 +1177,7 @@ impl Cx {
                 None => false,
                 // A conditional delete's file set aside: removed only if it still has the
                 // version the delete was for; a changed one stays (hidden) and is reported.
-                Some(tail) if tail.starts_with('d') => {
+                Some(tail) if tail.starts_with('v') => {
                     let ok = delete_tail_matches(tail, &f.attrs);
                     if !ok {
                         tracing::warn!(dir = %dir, name = %f.filename, "sftp: a file set aside by an interrupted delete changed meanwhile; left under its temporary name");
