@@ -353,11 +353,27 @@ fn sftp_builder(f: &SftpFolder, port: u16) -> DriveBuilder {
         server.user,
         f.remote.trim_start_matches('/')
     );
+    // Through a proxy the server is `[127.0.0.1]:PORT` of the proxy: the same key there.
+    let known_hosts = if port == server.port {
+        server.known_hosts.clone()
+    } else {
+        let line = std::fs::read_to_string(&server.known_hosts).expect("read known_hosts");
+        let via = server
+            .known_hosts
+            .with_file_name(format!("known_hosts-{port}"));
+        let line = line.replacen(
+            &format!("[127.0.0.1]:{}", server.port),
+            &format!("[127.0.0.1]:{port}"),
+            1,
+        );
+        std::fs::write(&via, line).expect("write known_hosts");
+        via
+    };
     Drive::builder(Path::new(&url))
         .arg("--sftp-key")
         .arg(&server.client_key)
         .arg("--sftp-known-hosts")
-        .arg(&server.known_hosts)
+        .arg(&known_hosts)
         .arg("--request-timeout")
         .arg("10s")
 }

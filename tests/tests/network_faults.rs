@@ -31,6 +31,16 @@ fn webdav_through_a_flaky_network() {
     flaky_network(&TestRemote::webdav("flaky"));
 }
 
+/// Known to fail for some seeds (11): a request stalled on a connection the drive gave up on is
+/// delivered once the network moves again, after the retry on a new connection: a late
+/// posix-rename puts an older upload over a newer one, a late open leaves a temporary file.
+/// SFTP has no conditional rename to refuse it; fencing the old connection is still to do.
+#[test]
+#[ignore = "late delivery of stalled SFTP requests (seed 11): see the doc comment"]
+fn sftp_through_a_flaky_network() {
+    flaky_network(&TestRemote::sftp("flaky"));
+}
+
 /// Runs `f`, failing the test if it takes longer than [`CALL_DEADLINE`].
 fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
     let t0 = Instant::now();

@@ -443,7 +443,13 @@ struct Conn {
     write_len: u64,
     /// Set once a request found the session gone.
     dead: AtomicBool,
+    /// The provider's [`Inner::leftovers`].
+    leftovers: Leftovers,
 }
+
+/// Temporary files whose removal failed (the connection went while a failed or cancelled
+/// upload cleaned up): removed on the next connection.
+type Leftovers = Arc<Mutex<Vec<String>>>;
 
 impl Conn {
     fn alive(&self) -> bool {
@@ -486,6 +492,7 @@ struct Inner {
     dirty: Mutex<HashSet<RemotePath>>,
     /// Held by a `sync` round.
     syncing: tokio::sync::Mutex<()>,
+    leftovers: Leftovers,
 }
 
 /// Something that cannot connect.
@@ -540,6 +547,15 @@ impl Inner {
         };
         tracing::debug!(who = %self.who, ext = ?c.ext, "sftp connected");
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&c));
+        let left = std::mem::take(&mut *c.leftovers.lock().unwrap_or_else(|e| e.into_inner()));
+        if !left.is_empty() {
+            let (c, timeout) = (Arc::clone(&c), self.cfg.request_timeout);
+            tokio::spawn(async move {
+                for r in left {
+                    remove_temp(&c, timeout, r).await;
+                }
+            });
+        }
         Ok((c, false))
     }
 
@@ -672,6 +688,7 @@ impl Inner {
             read_len,
             write_len,
             dead: AtomicBool::new(false),
+            leftovers: Arc::clone(&self.leftovers),
         })
     }
 }
@@ -974,12 +991,31 @@ impl Cleanup {
     }
 }
 
+/// Removes the temporary file `r`; if the connection fails first, it is left for the next one.
+async fn remove_temp(c: &Arc<Conn>, timeout: Duration, r: String) {
+    let gone = match tokio::time::timeout(timeout, c.sftp.remove(r.as_str())).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(russh_sftp::client::error::Error::Status(st))) => {
+            // Gone already, or refused for good: nothing a retry would change.
+            st.status_code != StatusCode::Failure || c.alive()
+        }
+        _ => false,
+    };
+    if !gone {
+        tracing::debug!(file = %r, "sftp: removing a temporary file failed; retried on the next connection");
+        c.leftovers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(r);
+    }
+}
+
 async fn cleanup(c: Arc<Conn>, timeout: Duration, (handle, remove, restore): CleanupWork) {
     if let Some(h) = handle {
         let _ = tokio::time::timeout(timeout, c.sftp.close(h)).await;
     }
     if let Some(r) = remove {
-        let _ = tokio::time::timeout(timeout, c.sftp.remove(r)).await;
+        remove_temp(&c, timeout, r).await;
     }
     if let Some((tmp, name)) = restore {
         let back = tokio::time::timeout(timeout, c.sftp.rename(tmp.as_str(), name.as_str())).await;
@@ -1096,6 +1132,7 @@ impl SftpProvider {
                 who,
                 conn: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
+                leftovers: Arc::default(),
                 dirty: Mutex::new(HashSet::new()),
                 syncing: tokio::sync::Mutex::new(()),
             }),
@@ -1194,8 +1231,12 @@ impl Cx {
             tokio::spawn(async move {
                 for f in abandoned {
                     match tokio::time::timeout(timeout, c.sftp.remove(f.as_str())).await {
-                        Ok(Ok(_)) => tracing::info!(file = %f, "sftp: removed a temporary file left by an interrupted upload"),
-                        _ => tracing::debug!(file = %f, "sftp: could not remove an abandoned temporary file"),
+                        Ok(Ok(_)) => {
+                            tracing::info!(file = %f, "sftp: removed a temporary file left by an interrupted upload")
+                        }
+                        _ => {
+                            tracing::debug!(file = %f, "sftp: could not remove an abandoned temporary file")
+                        }
                     }
                 }
             });
