@@ -23,7 +23,10 @@ use anyhow::{bail, Context, Result};
 use fs_core::provider::s3::S3Config;
 
 /// How the bucket is named in requests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Addressing {
     /// `https://endpoint/BUCKET/key` (S3-compatible servers).
     Path,

@@ -18,9 +18,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Mount REMOTE (a local folder, s3://BUCKET[/PREFIX] or webdav[s]://HOST/PATH) on
-    /// MOUNTPOINT. Returns once the mount is live; the mount keeps running in the background
-    /// until `mountctl unmount MOUNTPOINT`.
+    /// Mount REMOTE (a local folder, s3://BUCKET[/PREFIX], webdav[s]://HOST/PATH,
+    /// sftp://USER@HOST/PATH, or a named remote NAME: or NAME:SUB/DIR) on MOUNTPOINT. Returns
+    /// once the mount is live; the mount keeps running in the background until `mountctl
+    /// unmount MOUNTPOINT`.
     Mount(Box<MountArgs>),
     /// Upload everything queued, then unmount and stop the mount's process. Exit code 1 if the
     /// provider could not be reached: the drive is unmounted all the same, and what stays
@@ -78,6 +79,53 @@ pub enum Command {
     /// Manage the encrypted local cache: create it, show its use, change its passphrase, wipe it.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Manage named remotes: a URL and its options stored under a NAME, mounted as `mountctl
+    /// mount NAME: MOUNTPOINT`. Kept in $XDG_CONFIG_HOME/syncoxide/remotes.toml (else
+    /// ~/.config/syncoxide/remotes.toml, or the file SYNCOXIDE_REMOTES names), private (0600).
+    #[command(subcommand)]
+    Remote(RemoteCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RemoteCommand {
+    /// Store a remote under NAME. Secrets never come from the command line: a WebDAV password
+    /// is stored only with --password-from-env or --ask-password.
+    Add(Box<RemoteAddArgs>),
+    /// Show the named remotes: name, URL and options (a stored password shows as
+    /// `password: stored`, never its value).
+    #[command(alias = "ls")]
+    List {
+        /// Print JSON instead of text (an array of remotes).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget the remote NAME (its cache and what it mounted stay as they are).
+    #[command(alias = "rm")]
+    Remove {
+        /// The remote's name.
+        name: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RemoteAddArgs {
+    /// The name: letters, digits, - and _, at least two characters (mounted as NAME: or
+    /// NAME:SUB/DIR).
+    pub name: String,
+    /// What it names: a local folder (a path, made absolute, or a file:// URL), s3://BUCKET[/PREFIX],
+    /// webdav[s]://[USER@]HOST[:PORT]/PATH or sftp://USER@HOST[:PORT]/PATH.
+    pub url: String,
+    #[command(flatten)]
+    pub options: RemoteOptions,
+    /// Store the WebDAV password, read from SYNCOXIDE_WEBDAV_PASSWORD.
+    #[arg(long, conflicts_with = "ask_password", help_heading = "WebDAV")]
+    pub password_from_env: bool,
+    /// Store the WebDAV password, asked for (twice) on the terminal.
+    #[arg(long, help_heading = "WebDAV")]
+    pub ask_password: bool,
+    /// Replace the remote of that name if there is one (else adding an existing name fails).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,8 +165,10 @@ pub struct MountArgs {
     /// The remote: a local folder (a path or a file:// URL), an S3 bucket,
     /// s3://BUCKET[/PREFIX] (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the
     /// AWS profile files), or a WebDAV folder, webdav[s]://[USER@]HOST[:PORT]/PATH (the
-    /// password in SYNCOXIDE_WEBDAV_PASSWORD), or an SFTP folder, sftp://USER@HOST[:PORT]/PATH
-    /// (key authentication).
+    /// password in SYNCOXIDE_WEBDAV_PASSWORD, else the one stored with the named remote), or an
+    /// SFTP folder, sftp://USER@HOST[:PORT]/PATH (key authentication), or a named remote (see
+    /// `mountctl remote`): NAME: for its URL and options, NAME:SUB/DIR for a folder inside it
+    /// (options given here override the stored ones; ./NAME: is the local folder of that name).
     pub remote: String,
     /// An existing, empty directory to mount on.
     pub mountpoint: PathBuf,
@@ -165,10 +215,34 @@ pub struct MountArgs {
     /// Uploads and other remote operations in flight at once.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Transfers")]
     pub transfers: u16,
+    #[command(flatten)]
+    pub remote_options: RemoteOptions,
+    /// Mount read-only.
+    #[arg(long, help_heading = "Mount")]
+    pub read_only: bool,
+    /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf unless root).
+    #[arg(long, help_heading = "Mount")]
+    pub allow_other: bool,
+    /// Serve the mount from this process, in the foreground, until Ctrl-C, SIGTERM or
+    /// `mountctl unmount`.
+    #[arg(long, help_heading = "Mount")]
+    pub foreground: bool,
+    #[command(flatten)]
+    pub pass: PassArgs,
+    /// Internal: started by `mountctl mount` in the background. The passphrase arrives on
+    /// stdin; readiness or the error goes to stdout as one JSON line.
+    #[arg(long, hide = true, requires = "foreground")]
+    pub daemon_child: bool,
+}
+
+/// The options of a remote itself (not of a mount of it): given to `mount`, or stored with a
+/// named remote by `remote add` (the command line's win over the stored ones at `mount`).
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteOptions {
     /// Deadline of every request to a network remote: connecting, the answer's start, and each
-    /// wait for more of a body.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_duration, help_heading = "Transfers")]
-    pub request_timeout: Duration,
+    /// wait for more of a body [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration, help_heading = "Transfers")]
+    pub request_timeout: Option<Duration>,
     /// The S3 endpoint, for S3-compatible servers (e.g. http://127.0.0.1:9000) [default:
     /// AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, else AWS's endpoint of the region].
     #[arg(long, value_name = "URL", help_heading = "S3")]
@@ -191,22 +265,40 @@ pub struct MountArgs {
     /// The known_hosts file the server's key must be in [default: ~/.ssh/known_hosts].
     #[arg(long, value_name = "FILE", help_heading = "SFTP")]
     pub sftp_known_hosts: Option<PathBuf>,
-    /// Mount read-only.
-    #[arg(long, help_heading = "Mount")]
-    pub read_only: bool,
-    /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf unless root).
-    #[arg(long, help_heading = "Mount")]
-    pub allow_other: bool,
-    /// Serve the mount from this process, in the foreground, until Ctrl-C, SIGTERM or
-    /// `mountctl unmount`.
-    #[arg(long, help_heading = "Mount")]
-    pub foreground: bool,
-    #[command(flatten)]
-    pub pass: PassArgs,
-    /// Internal: started by `mountctl mount` in the background. The passphrase arrives on
-    /// stdin; readiness or the error goes to stdout as one JSON line.
-    #[arg(long, hide = true, requires = "foreground")]
-    pub daemon_child: bool,
+}
+
+/// `--request-timeout` when none is given.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl RemoteOptions {
+    /// The S3 settings given.
+    pub fn s3_options(&self) -> crate::aws::S3Options {
+        crate::aws::S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            addressing: self.s3_addressing,
+            profile: self.s3_profile.clone(),
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT)
+    }
+
+    /// These options, each one not given taken from `stored`.
+    pub fn or(self, stored: &RemoteOptions) -> RemoteOptions {
+        RemoteOptions {
+            request_timeout: self.request_timeout.or(stored.request_timeout),
+            s3_endpoint: self.s3_endpoint.or_else(|| stored.s3_endpoint.clone()),
+            s3_region: self.s3_region.or_else(|| stored.s3_region.clone()),
+            s3_addressing: self.s3_addressing.or(stored.s3_addressing),
+            s3_profile: self.s3_profile.or_else(|| stored.s3_profile.clone()),
+            sftp_key: self.sftp_key.or_else(|| stored.sftp_key.clone()),
+            sftp_known_hosts: self
+                .sftp_known_hosts
+                .or_else(|| stored.sftp_known_hosts.clone()),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -281,17 +373,5 @@ pub fn default_cache_dir() -> PathBuf {
     match std::env::var_os("HOME") {
         Some(h) => PathBuf::from(h).join(".cache").join("syncoxide"),
         None => PathBuf::from("/var/tmp/syncoxide-cache"),
-    }
-}
-
-impl MountArgs {
-    /// The S3 settings given on the command line.
-    pub fn s3_options(&self) -> crate::aws::S3Options {
-        crate::aws::S3Options {
-            endpoint: self.s3_endpoint.clone(),
-            region: self.s3_region.clone(),
-            addressing: self.s3_addressing,
-            profile: self.s3_profile.clone(),
-        }
     }
 }

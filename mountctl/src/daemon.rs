@@ -2,9 +2,11 @@
 //! --daemon-child` and returns only once the child says the mount is live, or fails with the
 //! child's own error message.
 //!
-//! The child's stdin is a pipe carrying the passphrase (never argv, never the child's
-//! environment); its stdout is the "ready pipe", on which it writes one JSON line,
-//! `{"ready":true}` or `{"error":"..."}`; its stderr is the log file `CACHE_DIR.log` (0600). The
+//! The child's stdin is a pipe carrying the secrets, one JSON object: the cache's passphrase
+//! and a WebDAV remote's password, resolved by the parent (from the environment or the named
+//! remote), so that the child has them from neither argv nor its environment (the parent's
+//! SYNCOXIDE_WEBDAV_PASSWORD is removed from it). Its stdout is the "ready pipe", on which it
+//! writes one JSON line, `{"ready":true}` or `{"error":"..."}`; its stderr is the log file `CACHE_DIR.log` (0600). The
 //! child starts a new session (setsid), and once ready points stdin at /dev/null and stdout at
 //! the log, so it holds nothing of the terminal or of whoever started it.
 
@@ -18,8 +20,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::plan::MountPlan;
-use crate::secrets;
+use crate::plan::{MountPlan, PlanRemote, WEBDAV_PASSWORD_ENV};
+use crate::secrets::{self, Secret};
 
 /// How long the parent waits for the child to report (key derivation, opening the cache,
 /// replaying the log, mounting).
@@ -45,17 +47,24 @@ pub fn spawn(plan: &MountPlan, passphrase: String) -> Result<u32> {
         .args(plan.child_args())
         .env_remove(secrets::ENV)
         .env_remove(secrets::ENV_NEW)
+        .env_remove(WEBDAV_PASSWORD_ENV)
         .current_dir("/")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()
         .context("cannot start the mount process")?;
+    let webdav_password = match &plan.remote {
+        PlanRemote::WebDav { password, .. } => password.as_ref().map(Secret::expose),
+        _ => None,
+    };
+    let secrets = json!({"passphrase": passphrase, "webdav_password": webdav_password});
+    drop(passphrase);
     if let Some(mut stdin) = child.stdin.take() {
         // An error here means the child already died; its exit is reported below.
-        let _ = stdin.write_all(passphrase.as_bytes());
+        let _ = stdin.write_all(secrets.to_string().as_bytes());
     }
-    drop(passphrase);
+    drop(secrets);
     let stdout = child
         .stdout
         .take()
@@ -95,19 +104,38 @@ pub fn detach() -> Result<()> {
     Ok(())
 }
 
-/// Child side: the passphrase the parent wrote on stdin; stdin then reads /dev/null.
-pub fn passphrase_from_stdin() -> Result<String> {
+/// What the parent hands the child on stdin.
+pub struct ChildSecrets {
+    pub passphrase: String,
+    pub webdav_password: Option<Secret>,
+}
+
+/// Child side: the secrets the parent wrote on stdin; stdin then reads /dev/null.
+pub fn secrets_from_stdin() -> Result<ChildSecrets> {
     let mut buf = String::new();
     std::io::stdin()
-        .take(64 << 10)
+        .take(256 << 10)
         .read_to_string(&mut buf)
         .context("cannot read the passphrase from the parent")?;
     let null = std::fs::File::open("/dev/null").context("cannot open /dev/null")?;
     rustix::stdio::dup2_stdin(null.as_fd()).context("cannot redirect stdin")?;
-    if buf.is_empty() {
-        bail!("the mount process received no passphrase");
-    }
-    Ok(buf)
+    parse_secrets(&buf)
+}
+
+fn parse_secrets(text: &str) -> Result<ChildSecrets> {
+    // Not shown in an error: the text is secret.
+    let v: Value = serde_json::from_str(text)
+        .map_err(|_| anyhow::anyhow!("the mount process received no passphrase"))?;
+    let passphrase = match v["passphrase"].as_str() {
+        Some(p) if !p.is_empty() => p.to_string(),
+        _ => bail!("the mount process received no passphrase"),
+    };
+    Ok(ChildSecrets {
+        passphrase,
+        webdav_password: v["webdav_password"]
+            .as_str()
+            .map(|p| Secret::new(p.to_string())),
+    })
 }
 
 /// Tells whoever waits that the mount is live, or why it is not.
@@ -164,5 +192,25 @@ impl Ready {
         let mut out = std::io::stdout();
         let _ = writeln!(out, "{}", json!({"error": error}));
         let _ = out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secrets_reach_the_child_whole() {
+        let text = json!({"passphrase": "p\"w\n x", "webdav_password": "dav pw"}).to_string();
+        let s = parse_secrets(&text).unwrap();
+        assert_eq!(s.passphrase, "p\"w\n x");
+        assert_eq!(s.webdav_password.unwrap().expose(), "dav pw");
+        let s = parse_secrets(&json!({"passphrase": "p", "webdav_password": null}).to_string())
+            .unwrap();
+        assert!(s.webdav_password.is_none());
+        for bad in ["", "not json", "{\"passphrase\": \"\"}"] {
+            let e = parse_secrets(bad).err().unwrap().to_string();
+            assert_eq!(e, "the mount process received no passphrase");
+        }
     }
 }

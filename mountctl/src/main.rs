@@ -8,6 +8,7 @@ mod commands;
 mod control;
 mod daemon;
 mod mountinfo;
+mod named;
 mod plan;
 mod registry;
 mod remote;

@@ -20,6 +20,7 @@ use crate::remote::{
     default_cache_dir_for, default_cache_dir_for_s3, default_cache_dir_for_sftp,
     default_cache_dir_for_webdav, Remote,
 };
+use crate::secrets::Secret;
 use crate::units::duration_arg;
 use crate::{mountinfo, registry};
 
@@ -38,8 +39,13 @@ pub enum PlanRemote {
         options: S3Options,
         endpoint: String,
     },
-    /// A WebDAV folder (`http(s)://…/`) and the user of its URL.
-    WebDav { url: String, user: Option<String> },
+    /// A WebDAV folder (`http(s)://…/`), the user of its URL and that user's password (from
+    /// [`WEBDAV_PASSWORD_ENV`], else stored with the named remote; never shown).
+    WebDav {
+        url: String,
+        user: Option<String>,
+        password: Option<Secret>,
+    },
     /// An SFTP folder, the key file to log in with and the known_hosts file.
     Sftp {
         user: String,
@@ -100,25 +106,36 @@ pub fn sftp_config(
 /// Where the password of a WebDAV remote comes from (never the command line).
 pub const WEBDAV_PASSWORD_ENV: &str = "SYNCOXIDE_WEBDAV_PASSWORD";
 
-/// The provider settings of a WebDAV remote: basic authentication when the URL names a user,
-/// with the password from [`WEBDAV_PASSWORD_ENV`].
+/// The password of a WebDAV remote whose URL names `user`: [`WEBDAV_PASSWORD_ENV`], else the
+/// one `stored` with the named remote. None without a user.
+pub fn webdav_password(user: Option<&str>, stored: Option<Secret>) -> Result<Option<Secret>> {
+    let Some(u) = user else {
+        return Ok(None);
+    };
+    if let Ok(p) = std::env::var(WEBDAV_PASSWORD_ENV) {
+        return Ok(Some(Secret::new(p)));
+    }
+    match stored {
+        Some(p) => Ok(Some(p)),
+        None => bail!(
+            "the WebDAV remote names the user {u:?}: give the password in {WEBDAV_PASSWORD_ENV}, or store it with a named remote (`mountctl remote add NAME URL --ask-password`)"
+        ),
+    }
+}
+
+/// The provider settings of a WebDAV remote: basic authentication when the URL names a user.
 pub fn webdav_config(
     url: &str,
     user: Option<&str>,
+    password: Option<&Secret>,
     request_timeout: Duration,
-) -> Result<WebDavConfig> {
-    let password = match user {
-        Some(u) => Some(std::env::var(WEBDAV_PASSWORD_ENV).map_err(|_| {
-            anyhow!("the WebDAV remote names the user {u:?}: give the password in {WEBDAV_PASSWORD_ENV}")
-        })?),
-        None => None,
-    };
-    Ok(WebDavConfig {
+) -> WebDavConfig {
+    WebDavConfig {
         url: url.to_string(),
         username: user.map(str::to_string),
-        password,
+        password: password.map(|p| p.expose().to_string()),
         request_timeout,
-    })
+    }
 }
 
 impl PlanRemote {
@@ -128,7 +145,7 @@ impl PlanRemote {
             PlanRemote::Local(p) => p.display().to_string(),
             PlanRemote::S3 { bucket, prefix, .. } if prefix.is_empty() => format!("s3://{bucket}"),
             PlanRemote::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
-            PlanRemote::WebDav { url, user } => {
+            PlanRemote::WebDav { url, user, .. } => {
                 let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
                 let scheme = if scheme == "https" {
                     "webdavs"
@@ -226,13 +243,17 @@ pub struct MountPlan {
 }
 
 impl MountPlan {
-    /// Checks `args`; creates nothing.
-    pub fn check(args: &MountArgs) -> Result<MountPlan> {
+    /// Checks `args`; creates nothing. `stored_password`: the password stored with a named
+    /// WebDAV remote (or handed to a background mount), used when [`WEBDAV_PASSWORD_ENV`] is
+    /// not set.
+    pub fn check(args: &MountArgs, stored_password: Option<Secret>) -> Result<MountPlan> {
+        let ro = &args.remote_options;
+        let request_timeout = ro.request_timeout();
         let remote = match Remote::parse(&args.remote)? {
             Remote::Local(folder) => PlanRemote::Local(local_remote(args, &folder)?),
             Remote::S3 { bucket, prefix } => {
-                let options = args.s3_options();
-                let cfg = s3_config(&bucket, &prefix, &options, args.request_timeout)?;
+                let options = ro.s3_options();
+                let cfg = s3_config(&bucket, &prefix, &options, request_timeout)?;
                 let endpoint = cfg.endpoint.clone();
                 S3Provider::new(cfg)
                     .map_err(|e| anyhow!("{e}; fix the s3:// URL, --s3-endpoint or --s3-region"))?;
@@ -244,9 +265,14 @@ impl MountPlan {
                 }
             }
             Remote::WebDav { url, user } => {
-                let cfg = webdav_config(&url, user.as_deref(), args.request_timeout)?;
+                let password = webdav_password(user.as_deref(), stored_password)?;
+                let cfg = webdav_config(&url, user.as_deref(), password.as_ref(), request_timeout);
                 WebDavProvider::new(cfg).map_err(|e| anyhow!("{e}; fix the webdav:// URL"))?;
-                PlanRemote::WebDav { url, user }
+                PlanRemote::WebDav {
+                    url,
+                    user,
+                    password,
+                }
             }
             Remote::Sftp {
                 user,
@@ -254,14 +280,14 @@ impl MountPlan {
                 port,
                 path,
             } => {
-                let key = sftp_key(args.sftp_key.as_deref())?;
+                let key = sftp_key(ro.sftp_key.as_deref())?;
                 if !key.is_file() {
                     bail!(
                         "the SSH key {} does not exist; give another with --sftp-key",
                         key.display()
                     );
                 }
-                let known_hosts = match &args.sftp_known_hosts {
+                let known_hosts = match &ro.sftp_known_hosts {
                     Some(k) => Some(
                         std::path::absolute(k)
                             .with_context(|| format!("cannot make {} absolute", k.display()))?,
@@ -275,7 +301,7 @@ impl MountPlan {
                     &path,
                     &key,
                     known_hosts.as_deref(),
-                    args.request_timeout,
+                    request_timeout,
                 );
                 SftpProvider::new(cfg)
                     .map_err(|e| anyhow!("{e}; fix the sftp:// URL or --sftp-key"))?;
@@ -338,7 +364,7 @@ impl MountPlan {
             auto_merge: args.auto_merge,
             offline_timeout: args.offline_timeout,
             transfers: args.transfers,
-            request_timeout: args.request_timeout,
+            request_timeout,
             read_only: args.read_only,
             allow_other: args.allow_other,
         })
@@ -497,7 +523,7 @@ fn cache_dir_of(args: &MountArgs, remote: &PlanRemote) -> Result<PathBuf> {
                 ..
             },
         ) => default_cache_dir_for_s3(&base, endpoint, bucket, prefix),
-        (None, PlanRemote::WebDav { url, user }) => {
+        (None, PlanRemote::WebDav { url, user, .. }) => {
             default_cache_dir_for_webdav(&base, url, user.as_deref())
         }
         (
@@ -728,13 +754,41 @@ mod tests {
             panic!("not a mount")
         };
         assert_eq!(a.remote, "s3://bkt/a/b");
-        assert_eq!(a.request_timeout, Duration::from_secs(12));
+        assert_eq!(
+            a.remote_options.request_timeout,
+            Some(Duration::from_secs(12))
+        );
         let PlanRemote::S3 { options, .. } = &p.remote else {
             unreachable!()
         };
-        assert_eq!(&a.s3_options(), options);
+        assert_eq!(&a.remote_options.s3_options(), options);
         let joined = args.join(OsStr::new(" "));
         assert!(!joined.to_string_lossy().to_lowercase().contains("secret"));
+    }
+
+    #[test]
+    fn a_webdav_password_is_in_no_argument_and_no_debug_output() {
+        let mut p = plan("/c/w");
+        p.remote = PlanRemote::WebDav {
+            url: "https://dav.example/x/".into(),
+            user: Some("me".into()),
+            password: Some(Secret::new("dav-secret-1".into())),
+        };
+        let args = p.child_args().join(OsStr::new(" "));
+        assert!(!args.to_string_lossy().contains("dav-secret-1"));
+        assert!(args
+            .to_string_lossy()
+            .contains("webdavs://me@dav.example/x/"));
+        assert!(!format!("{p:?}").contains("dav-secret-1"));
+        assert_eq!(p.remote.display(), "webdavs://me@dav.example/x/");
+        let cfg = webdav_config(
+            "https://dav.example/x/",
+            Some("me"),
+            Some(&Secret::new("dav-secret-1".into())),
+            Duration::from_secs(1),
+        );
+        assert_eq!(cfg.password.as_deref(), Some("dav-secret-1"));
+        assert!(!format!("{cfg:?}").contains("dav-secret-1"));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! `s3://BUCKET[/PREFIX]`, or a WebDAV folder, `webdav://[USER@]HOST[:PORT]/PATH` (HTTP) or
 //! `webdavs://…` (HTTPS), or an SFTP folder, `sftp://USER@HOST[:PORT]/PATH` (PATH relative to
 //! the login folder; `sftp://USER@HOST[:PORT]//abs/path` for an absolute one). Other schemes are
-//! refused with a message naming the scheme until their providers exist.
+//! refused with a message naming the scheme until their providers exist. A named remote
+//! (`NAME:`, `NAME:SUB/DIR`) is looked up in `named.rs` and becomes one of these.
 //!
 //! Also the stable short hash that names per-remote cache directories and per-mountpoint
 //! registry files: 64-bit FNV-1a of the canonical path's bytes, as 16 hex digits. It is written
@@ -141,6 +142,93 @@ impl Remote {
         Ok(Remote::Local(PathBuf::from(std::ffi::OsStr::from_bytes(
             &percent_decode(&path)?,
         ))))
+    }
+}
+
+impl Remote {
+    /// The remote as a `REMOTE` argument that [`Remote::parse`] reads back as this remote: a
+    /// local folder's path (UTF-8 only), else its URL.
+    pub fn url(&self) -> Result<String> {
+        Ok(match self {
+            Remote::Local(p) => match p.to_str() {
+                Some(s) => s.to_string(),
+                None => bail!(
+                    "the folder {} is not valid UTF-8; choose one with a UTF-8 name",
+                    p.display()
+                ),
+            },
+            Remote::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+            Remote::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+            Remote::WebDav { url, user } => {
+                let (scheme, rest) = match url.split_once("://") {
+                    Some(("https", rest)) => ("webdavs", rest),
+                    Some((_, rest)) => ("webdav", rest),
+                    None => ("webdav", url.as_str()),
+                };
+                match user {
+                    Some(u) => format!("{scheme}://{u}@{rest}"),
+                    None => format!("{scheme}://{rest}"),
+                }
+            }
+            Remote::Sftp {
+                user,
+                host,
+                port,
+                path,
+            } => {
+                let port = if *port == 22 {
+                    String::new()
+                } else {
+                    format!(":{port}")
+                };
+                format!("sftp://{user}@{host}{port}/{path}")
+            }
+        })
+    }
+
+    /// The folder `sub` (`a/b`, relative) inside this remote. Empty, `.` and `..` components
+    /// are refused: a sub-folder never leaves the remote.
+    pub fn join(&self, sub: &str) -> Result<Remote> {
+        let sub = sub.trim_matches('/');
+        if sub.is_empty() {
+            return Ok(self.clone());
+        }
+        if sub
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            bail!("the folder {sub:?} inside the remote has an empty, . or .. component; write NAME:a/b");
+        }
+        let under = |base: &str| {
+            if base.is_empty() {
+                sub.to_string()
+            } else {
+                format!("{}/{sub}", base.trim_end_matches('/'))
+            }
+        };
+        Ok(match self {
+            Remote::Local(p) => Remote::Local(p.join(sub)),
+            Remote::S3 { bucket, prefix } => Remote::S3 {
+                bucket: bucket.clone(),
+                prefix: under(prefix),
+            },
+            // The URL always ends in '/'.
+            Remote::WebDav { url, user } => Remote::WebDav {
+                url: format!("{url}{sub}/"),
+                user: user.clone(),
+            },
+            Remote::Sftp {
+                user,
+                host,
+                port,
+                path,
+            } => Remote::Sftp {
+                user: user.clone(),
+                host: host.clone(),
+                port: *port,
+                path: under(path),
+            },
+        })
     }
 }
 
@@ -323,6 +411,74 @@ mod tests {
         let e = Remote::parse("file:///a%zz").unwrap_err().to_string();
         assert!(e.contains("%-escape"), "{e}");
         assert!(Remote::parse("").is_err());
+    }
+
+    #[test]
+    fn urls_read_back_as_the_same_remote() {
+        for s in [
+            "/data/x",
+            "/data/a b",
+            "s3://b",
+            "s3://b/a/c",
+            "webdav://dav.example/",
+            "webdavs://me@dav.example:8443/a/b/",
+            "sftp://me@h/",
+            "sftp://me@h:2222/rel/dir",
+            "sftp://me@h//srv/x",
+        ] {
+            let r = Remote::parse(s).unwrap();
+            let url = r.url().unwrap();
+            assert_eq!(Remote::parse(&url).unwrap(), r, "{s} -> {url}");
+        }
+        assert_eq!(
+            Remote::parse("webdavs://me@h/a").unwrap().url().unwrap(),
+            "webdavs://me@h/a/"
+        );
+    }
+
+    #[test]
+    fn sub_folders_join_inside_the_remote() {
+        let j = |s: &str, sub: &str| Remote::parse(s).unwrap().join(sub).unwrap();
+        assert_eq!(j("/data", "a/b"), Remote::Local("/data/a/b".into()));
+        assert_eq!(j("/data", ""), Remote::Local("/data".into()));
+        assert_eq!(j("/data", "/a/"), Remote::Local("/data/a".into()));
+        assert_eq!(
+            j("s3://b", "x"),
+            Remote::S3 {
+                bucket: "b".into(),
+                prefix: "x".into()
+            }
+        );
+        assert_eq!(
+            j("s3://b/p", "x/y"),
+            Remote::S3 {
+                bucket: "b".into(),
+                prefix: "p/x/y".into()
+            }
+        );
+        assert_eq!(
+            j("webdav://me@h/dav", "x"),
+            Remote::WebDav {
+                url: "http://h/dav/x/".into(),
+                user: Some("me".into())
+            }
+        );
+        let path = |r: Remote| match r {
+            Remote::Sftp { path, .. } => path,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(path(j("sftp://me@h", "x")), "x");
+        assert_eq!(path(j("sftp://me@h/rel", "x")), "rel/x");
+        assert_eq!(path(j("sftp://me@h//", "x")), "/x");
+        assert_eq!(path(j("sftp://me@h//srv", "x")), "/srv/x");
+        for bad in ["..", "a/../b", "a//b", "./a"] {
+            let e = Remote::parse("/data")
+                .unwrap()
+                .join(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(". or .. component"), "{bad}: {e}");
+        }
     }
 
     #[test]

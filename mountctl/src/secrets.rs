@@ -48,3 +48,39 @@ fn non_empty(s: String, from: &str) -> Result<String> {
     }
     Ok(s)
 }
+
+/// A password or passphrase held in memory: never shown by `Debug`, so that a plan or a config
+/// printed into a log shows `<secret>` instead.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+
+    /// The secret itself, for the provider that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_not_debug_printed() {
+        let s = Secret::new("hunter2".into());
+        assert_eq!(format!("{s:?}"), "<secret>");
+        assert_eq!(format!("{:?}", Some(&s)), "Some(<secret>)");
+        assert_eq!(s.expose(), "hunter2");
+    }
+}

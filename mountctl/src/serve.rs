@@ -100,8 +100,17 @@ fn serve(
             let cfg = crate::plan::s3_config(bucket, prefix, options, plan.request_timeout)?;
             Arc::new(S3Provider::new(cfg).map_err(|e| anyhow!("{e}"))?)
         }
-        PlanRemote::WebDav { url, user } => {
-            let cfg = crate::plan::webdav_config(url, user.as_deref(), plan.request_timeout)?;
+        PlanRemote::WebDav {
+            url,
+            user,
+            password,
+        } => {
+            let cfg = crate::plan::webdav_config(
+                url,
+                user.as_deref(),
+                password.as_ref(),
+                plan.request_timeout,
+            );
             Arc::new(WebDavProvider::new(cfg).map_err(|e| anyhow!("{e}"))?)
         }
         PlanRemote::Sftp {

@@ -68,6 +68,8 @@ impl World {
                 self.path("home/no-aws-credentials"),
             )
             .env("AWS_CONFIG_FILE", self.path("home/no-aws-config"))
+            .env("SYNCOXIDE_REMOTES", self.path("home/remotes.toml"))
+            .env_remove("SYNCOXIDE_WEBDAV_PASSWORD")
             .stdin(Stdio::null());
         if let Some(p) = pass {
             c.env("SYNCOXIDE_PASSPHRASE", p);
@@ -286,9 +288,9 @@ fn mistakes_are_refused_with_what_to_fix() {
         &["remote folder", "does not exist"],
     );
     check(
-        w.run(&["mount", "sftp://me@host/dir", &m], Some(PASS)),
+        w.run(&["mount", "ftp://me@host/dir", &m], Some(PASS)),
         1,
-        &["\"sftp\"", "not supported yet"],
+        &["\"ftp\"", "not supported yet"],
     );
     check(
         w.run(&["mount", "s3://bucket/dir", &m], Some(PASS)),
@@ -565,4 +567,200 @@ fn each_remote_gets_its_own_default_cache() {
             "{c} is not in the default cache directory"
         );
     }
+}
+
+#[test]
+fn a_named_remote_mounts_by_its_name() {
+    if !can_mount() {
+        return;
+    }
+    let w = World::new();
+    fs::create_dir(w.path("remote/sub")).unwrap();
+    fs::write(w.path("remote/sub/inner.txt"), b"inside\n").unwrap();
+    let o = w.run(&["remote", "add", "home", &w.s("remote")], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    let (mnt, cache) = (w.s("mnt"), w.s("cache"));
+    let g = Guard {
+        world: &w,
+        mnt: w.path("mnt"),
+    };
+    let o = w.run(
+        &[
+            "mount",
+            "home:",
+            &mnt,
+            "--cache-dir",
+            &cache,
+            "--write-back-delay",
+            "200ms",
+        ],
+        Some(PASS),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains(&format!("mounted {} on {mnt}", w.s("remote"))));
+    assert!(is_mounted(&w.path("mnt")));
+    assert_eq!(
+        fs::read_to_string(w.path("mnt/hello.txt")).unwrap(),
+        "hello from the remote\n"
+    );
+    assert_eq!(w.status("mnt")["remote"], w.s("remote"));
+    fs::write(w.path("mnt/by-name.txt"), b"through the named mount").unwrap();
+    let o = w.run(&["unmount", &mnt], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        fs::read(w.path("remote/by-name.txt")).unwrap(),
+        b"through the named mount"
+    );
+    drop(g);
+
+    // A folder inside it.
+    let g = Guard {
+        world: &w,
+        mnt: w.path("mnt"),
+    };
+    let cache2 = w.s("cache2");
+    let o = w.run(
+        &["mount", "home:sub", &mnt, "--cache-dir", &cache2],
+        Some(PASS),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        fs::read_to_string(w.path("mnt/inner.txt")).unwrap(),
+        "inside\n"
+    );
+    assert!(!w.path("mnt/hello.txt").exists());
+    assert_eq!(w.status("mnt")["remote"], w.s("remote/sub"));
+    drop(g);
+}
+
+/// A WebDAV server on 127.0.0.1 that refuses every request (401) and records each request's
+/// Authorization header; it stops after 64 connections.
+fn refusing_dav_server() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(64) {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let (mut auth, mut len) = (String::from("-"), 0usize);
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let (k, v) = line.split_once(':').unwrap_or((&line, ""));
+                match k.to_ascii_lowercase().as_str() {
+                    "authorization" => auth = v.trim().to_string(),
+                    "content-length" => len = v.trim().parse().unwrap_or(0),
+                    _ => {}
+                }
+            }
+            let _ = r.by_ref().take(len as u64).read_to_end(&mut Vec::new());
+            let _ = tx.send(auth);
+            let _ = conn.write_all(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"t\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, rx)
+}
+
+fn base64(b: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_stored_webdav_password_reaches_the_mount_and_nothing_else() {
+    if !can_mount() {
+        return;
+    }
+    const SECRET: &str = "stored-dav-pw-4711";
+    assert_eq!(base64(b"me:pw"), "bWU6cHc=");
+    let w = World::new();
+    let (port, auth) = refusing_dav_server();
+    let url = format!("webdav://me@127.0.0.1:{port}/dav/");
+    let remotes = w.path("home/remotes.toml");
+    let o = Command::new(env!("CARGO_BIN_EXE_mountctl"))
+        .args([
+            "remote",
+            "add",
+            "dav",
+            &url,
+            "--password-from-env",
+            "--request-timeout",
+            "2s",
+        ])
+        .env("SYNCOXIDE_REMOTES", &remotes)
+        .env("SYNCOXIDE_WEBDAV_PASSWORD", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    let (mnt, cache) = (w.s("mnt"), w.s("cache"));
+    let _g = Guard {
+        world: &w,
+        mnt: w.path("mnt"),
+    };
+    // In the background, with the mount's log at its most detailed.
+    let o = Command::new(env!("CARGO_BIN_EXE_mountctl"))
+        .args(["mount", "dav:", &mnt, "--cache-dir", &cache])
+        .env("XDG_RUNTIME_DIR", w.path("run"))
+        .env("SYNCOXIDE_REMOTES", &remotes)
+        .env("SYNCOXIDE_PASSPHRASE", PASS)
+        .env("SYNCOXIDE_LOG", "trace")
+        .env_remove("SYNCOXIDE_WEBDAV_PASSWORD")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains(&format!("mounted {url} on")), "{t}");
+    assert!(!t.contains(SECRET), "{t}");
+    // Listing asks the server, which sees the stored password, and refuses it.
+    let listed = fs::read_dir(w.path("mnt")).and_then(|rd| rd.collect::<Result<Vec<_>, _>>());
+    assert!(listed.is_err(), "{listed:?}");
+    let seen = auth.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        seen,
+        format!("Basic {}", base64(format!("me:{SECRET}").as_bytes()))
+    );
+
+    let s = w.status("mnt");
+    assert_eq!(s["remote"], url.as_str());
+    assert!(!s.to_string().contains(SECRET));
+    let pid = s["pid"].as_u64().unwrap();
+    for f in ["cmdline", "environ"] {
+        let b = fs::read(format!("/proc/{pid}/{f}")).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&b).contains(SECRET),
+            "the password is in the mount's {f}"
+        );
+    }
+    let human = w.run(&["status"], None);
+    assert!(!text(&human).contains(SECRET));
+    let o = w.run(&["unmount", &mnt, "--timeout", "1s"], None);
+    assert!(!text(&o).contains(SECRET), "{}", text(&o));
+    let log = fs::read_to_string(w.path("cache.log")).unwrap();
+    assert!(log.contains("TRACE") || log.contains("trace"), "{log}");
+    assert!(!log.contains(SECRET), "the password is in the log");
+    assert!(
+        !log.contains(&base64(format!("me:{SECRET}").as_bytes())),
+        "the Authorization header is in the log"
+    );
 }

@@ -2,6 +2,7 @@
 
 mod cache_cmd;
 mod mount_cmd;
+mod remote_cmd;
 mod running_cmd;
 
 use crate::cli::{Cli, Command};
@@ -10,6 +11,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Cache(c) => cache_cmd::run(c),
         Command::Mount(a) => mount_cmd::run(*a),
+        Command::Remote(c) => remote_cmd::run(c),
         Command::Unmount { mountpoint, wait } => running_cmd::unmount(&mountpoint, wait.timeout),
         Command::Status { mountpoint, json } => running_cmd::status(mountpoint.as_deref(), json),
         Command::Pin { paths } => running_cmd::pin(&paths, true),

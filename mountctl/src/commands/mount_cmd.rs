@@ -6,13 +6,15 @@ use anyhow::Result;
 use crate::cli::MountArgs;
 use crate::daemon::{self, Ready};
 use crate::plan::MountPlan;
-use crate::{secrets, serve};
+use crate::{named, secrets, serve};
 
-pub fn run(args: MountArgs) -> Result<()> {
+pub fn run(mut args: MountArgs) -> Result<()> {
     if args.daemon_child {
         return child(&args);
     }
-    let plan = MountPlan::check(&args)?;
+    // NAME: or NAME:SUB becomes the stored URL and options (the child gets the URL).
+    let stored_password = named::resolve_mount(&mut args)?;
+    let plan = MountPlan::check(&args, stored_password)?;
     let what = if plan.new_cache() {
         "New cache passphrase"
     } else {
@@ -43,9 +45,9 @@ fn child(args: &MountArgs) -> Result<()> {
     let mut ready = Ready::pipe();
     let r = (|| {
         daemon::detach()?;
-        let pw = daemon::passphrase_from_stdin()?;
-        let plan = MountPlan::check(args)?;
-        serve::run(&plan, pw, &mut ready)
+        let secrets = daemon::secrets_from_stdin()?;
+        let plan = MountPlan::check(args, secrets.webdav_password)?;
+        serve::run(&plan, secrets.passphrase, &mut ready)
     })();
     if let Err(e) = &r {
         ready.failed(&format!("{e:#}"));
