@@ -145,18 +145,7 @@ impl PlanRemote {
             PlanRemote::Local(p) => p.display().to_string(),
             PlanRemote::S3 { bucket, prefix, .. } if prefix.is_empty() => format!("s3://{bucket}"),
             PlanRemote::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
-            PlanRemote::WebDav { url, user, .. } => {
-                let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
-                let scheme = if scheme == "https" {
-                    "webdavs"
-                } else {
-                    "webdav"
-                };
-                match user {
-                    Some(u) => format!("{scheme}://{u}@{rest}"),
-                    None => format!("{scheme}://{rest}"),
-                }
-            }
+            PlanRemote::WebDav { url, user, .. } => crate::remote::webdav_url(url, user.as_deref()),
             PlanRemote::Sftp {
                 user,
                 host,

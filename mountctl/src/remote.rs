@@ -33,6 +33,19 @@ pub enum Remote {
     },
 }
 
+/// The `webdav[s]://[USER@]HOST/PATH` form of a WebDAV folder's `http(s)://` URL.
+pub fn webdav_url(url: &str, user: Option<&str>) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some(("https", rest)) => ("webdavs", rest),
+        Some((_, rest)) => ("webdav", rest),
+        None => ("webdav", url),
+    };
+    match user {
+        Some(u) => format!("{scheme}://{u}@{rest}"),
+        None => format!("{scheme}://{rest}"),
+    }
+}
+
 impl Remote {
     /// Parses `REMOTE`: `file:///abs/path` (with `%XX` escapes), or a plain path. A string of the
     /// form `scheme://...` with another scheme is refused.
@@ -159,17 +172,7 @@ impl Remote {
             },
             Remote::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
             Remote::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
-            Remote::WebDav { url, user } => {
-                let (scheme, rest) = match url.split_once("://") {
-                    Some(("https", rest)) => ("webdavs", rest),
-                    Some((_, rest)) => ("webdav", rest),
-                    None => ("webdav", url.as_str()),
-                };
-                match user {
-                    Some(u) => format!("{scheme}://{u}@{rest}"),
-                    None => format!("{scheme}://{rest}"),
-                }
-            }
+            Remote::WebDav { url, user } => webdav_url(url, user.as_deref()),
             Remote::Sftp {
                 user,
                 host,
