@@ -450,31 +450,48 @@ fn this_host() -> &'static str {
     })
 }
 
-/// Whether the temporary name `name` (made by [`tmp_name`]) was left behind by a process of
-/// this host that died in the middle of an upload (its pid no longer runs). Others' names and
-/// live ones are not. Also what the SFTP provider asks: the host and pid are the client's.
-pub(crate) fn abandoned_by_this_host(name: &str) -> bool {
-    abandoned_tail(name).is_some()
-}
-
-/// The tail (random part) of a temporary name abandoned by this host, see
-/// [`abandoned_by_this_host`].
+/// The tail (random part) of a temporary name (made by [`tmp_name`]) that a process of this
+/// host left behind when it died in the middle of an upload or delete (its pid no longer
+/// runs); `None` for others' names and live ones. Also what the SFTP provider asks: the host
+/// and pid are the client's.
 pub(crate) fn abandoned_tail(name: &str) -> Option<&str> {
-    let rest = name.strip_prefix(TMP_PREFIX)?;
-    let mut parts = rest.rsplitn(3, '-');
-    let (tail, pid, host) = (parts.next()?, parts.next()?, parts.next()?);
-    let pid = pid.parse::<u32>().ok()?;
+    let (host, pid, tail) = tmp_parts(name)?;
     let abandoned = host == this_host()
         && pid != std::process::id()
         && !Path::new(&format!("/proc/{pid}")).exists();
     abandoned.then_some(tail)
 }
 
+/// The tail (random part) of a temporary name made by this process; `None` for others.
+pub(crate) fn own_tail(name: &str) -> Option<&str> {
+    let (host, pid, tail) = tmp_parts(name)?;
+    (host == this_host() && pid == std::process::id()).then_some(tail)
+}
+
+/// The host, pid and tail of a temporary name made by [`tmp_name`].
+fn tmp_parts(name: &str) -> Option<(&str, u32, &str)> {
+    let rest = name.strip_prefix(TMP_PREFIX)?;
+    let mut parts = rest.rsplitn(3, '-');
+    let (tail, pid, host) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((host, pid.parse::<u32>().ok()?, tail))
+}
+
 /// Removes a temporary file that a process of this host left behind when it died in the
-/// middle of an upload (its pid no longer runs). Others' and live ones are left alone.
+/// middle of an upload (its pid no longer runs). Others' and live ones are left alone. A file
+/// set aside by a killed conditional delete is removed only if it still has the version the
+/// delete was for; a changed one stays (hidden) and is reported.
 fn remove_if_abandoned(path: &Path, name: &str) {
-    if !abandoned_by_this_host(name) {
+    let Some(tail) = abandoned_tail(name) else {
         return;
+    };
+    if tail.starts_with('v') {
+        let same = fs::symlink_metadata(path)
+            .map(|md| md.is_file() && delete_tail_matches(tail, &md))
+            .unwrap_or(false);
+        if !same {
+            tracing::warn!(file = %path.display(), "a file set aside by an interrupted delete changed meanwhile; left under its temporary name");
+            return;
+        }
     }
     match fs::remove_file(path) {
         Ok(()) => {
@@ -541,6 +558,103 @@ impl Drop for TmpGuard {
 
 fn precondition_failed(p: &RemotePath) -> ProviderError {
     ProviderError::PreconditionFailed { path: p.clone() }
+}
+
+/// The version `v` as letters and digits only (it goes into a temporary name).
+fn plain_version(v: &Version) -> String {
+    v.as_bytes()
+        .iter()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|&c| char::from(c))
+        .collect()
+}
+
+/// The tail of the temporary name a conditional delete of version `v` sets the file aside
+/// under: `v<version>r<random>` (no `-`; `v` is no hex digit, so an upload's random tail never
+/// looks like it), so that what a killed delete left can be told to be the version it was to
+/// remove (see [`remove_if_abandoned`]).
+fn delete_tail(v: &Version) -> String {
+    format!("v{}r{}", plain_version(v), random_hex())
+}
+
+/// Whether a file with `md` has the version a [`delete_tail`] was made for.
+fn delete_tail_matches(tail: &str, md: &Metadata) -> bool {
+    tail.rsplit_once('r')
+        .is_some_and(|(v, _)| v.strip_prefix('v') == Some(plain_version(&version_of(md)).as_str()))
+}
+
+/// A `delete` conditional on version `v` (which `p` had a moment ago): the file is renamed to
+/// a hidden temporary name beside it (atomically: whatever is at the name then moves), and
+/// what moved is removed only if it still has version `v`. Anything else goes back to the name
+/// (beside it, as `NAME.conflict-remote-<time>.EXT`, if the name was taken again meanwhile)
+/// and the answer is `PreconditionFailed`. What is left of the window: a program that opened
+/// the file before the rename and writes to it after the check.
+fn delete_if_match(root: &Root, p: &RemotePath, v: &Version) -> Result<()> {
+    let abs = root.abs(p);
+    let dir = abs
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| abs.clone());
+    let aside = dir.join(tmp_name_with(&delete_tail(v)));
+    if let Err(e) = fs::rename(&abs, &aside) {
+        return Err(match fs::symlink_metadata(&abs) {
+            Err(e2) if e2.kind() == io::ErrorKind::NotFound => precondition_failed(p),
+            Ok(md) if version_of(&md) != *v => precondition_failed(p),
+            _ => lookup_err(&e, p),
+        });
+    }
+    let same = match fs::symlink_metadata(&aside) {
+        Ok(md) => md.is_file() && version_of(&md) == *v,
+        // Someone removed it under its temporary name: gone, as asked.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => false,
+    };
+    if same {
+        return match fs::remove_file(&aside) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => {
+                put_back(p, &abs, &aside)?;
+                Err(map_io(&e, p))
+            }
+        };
+    }
+    // Changed (or replaced) between the check and the rename: not ours to remove.
+    put_back(p, &abs, &aside)?;
+    Err(precondition_failed(p))
+}
+
+/// Puts what a conditional delete set aside at `aside` back at `abs` without replacing what
+/// may be there now; if the name was taken, beside it under a conflict name.
+fn put_back(p: &RemotePath, abs: &Path, aside: &Path) -> Result<()> {
+    let mut to = abs.to_path_buf();
+    for n in 0..=100u32 {
+        if n > 0 {
+            let name = crate::uploader::conflict_name(p.name(), "remote", SystemTime::now(), n);
+            to = abs.with_file_name(name);
+        }
+        match rename_noreplace(aside, &to) {
+            Ok(still_there) => {
+                if still_there {
+                    let _ = fs::remove_file(aside);
+                }
+                if n > 0 {
+                    tracing::warn!(path = %p, conflict = %to.display(), "local delete: the file changed meanwhile and its name was taken again: kept beside it");
+                }
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                tracing::warn!(path = %p, tmp = %aside.display(), error = %e, "local delete: cannot put the file back; it stays under the temporary name");
+                return Err(map_io(&e, p));
+            }
+        }
+    }
+    tracing::warn!(path = %p, tmp = %aside.display(), "local delete: no free conflict name; the changed file stays under the temporary name");
+    Err(ProviderError::Other {
+        message: format!("local delete {p}: no free name to keep the changed file under"),
+        retryable: false,
+    })
 }
 
 /// State of a read stream.
@@ -865,10 +979,12 @@ impl Provider for LocalProvider {
                     if version_of(&md) != v {
                         return Err(precondition_failed(&p));
                     }
+                    let r = delete_if_match(root, &p, &v);
+                    root.changed_dir(root.abs(&p.parent().unwrap_or_else(RemotePath::root)));
+                    return r;
                 }
                 Precondition::IfNotExists => return Err(precondition_failed(&p)),
             }
-            // Window: a change to the file from the lstat above to here goes unnoticed.
             fs::remove_file(root.abs(&p)).map_err(|e| lookup_err(&e, &p))?;
             root.changed_dir(root.abs(&p.parent().unwrap_or_else(RemotePath::root)));
             Ok(())
