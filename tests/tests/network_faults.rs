@@ -2,6 +2,7 @@
 //! delays, refuses, swallows (accepts and never answers) and resets connections at random while a
 //! random workload runs on the mount. No call may hang: each is timed against a deadline far
 //! above the drive's own (`--request-timeout 5s`, `--offline-timeout 5s`) but far below "stuck".
+//! The uploads then run for a while with the faults still on (flushes may fail, never hang).
 //! Once the faults stop and the queue is flushed, the remote holds exactly what the same
 //! workload made in a folder on the normal disk: nothing lost, nothing twice.
 //!
@@ -20,6 +21,8 @@ use harness::{tempdir, wait_until, Rng};
 /// The longest any single call on the mount may take.
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
 const STEPS: usize = 160;
+/// How long the uploads run with the faults still on, after the workload.
+const FLUSH_UNDER_FAULTS: Duration = Duration::from_secs(20);
 
 #[test]
 fn s3_through_a_flaky_network() {
@@ -31,12 +34,7 @@ fn webdav_through_a_flaky_network() {
     flaky_network(&TestRemote::webdav("flaky"));
 }
 
-/// Known to fail for some seeds (11): a request stalled on a connection the drive gave up on is
-/// delivered once the network moves again, after the retry on a new connection: a late
-/// posix-rename puts an older upload over a newer one, a late open leaves a temporary file.
-/// SFTP has no conditional rename to refuse it; fencing the old connection is still to do.
 #[test]
-#[ignore = "late delivery of stalled SFTP requests (seed 11): see the doc comment"]
 fn sftp_through_a_flaky_network() {
     flaky_network(&TestRemote::sftp("flaky"));
 }
@@ -199,6 +197,18 @@ fn flaky_network(remote: &TestRemote) {
         }
     }
 
+    // The uploads, with the faults still on: a flush may fail, but must not hang.
+    let t0 = Instant::now();
+    while t0.elapsed() < FLUSH_UNDER_FAULTS {
+        timed("a flush under faults", || {
+            drive.mountctl([
+                "flush".as_ref(),
+                "--timeout".as_ref(),
+                "5s".as_ref(),
+                drive.path().as_os_str(),
+            ])
+        });
+    }
     stop.store(true, Ordering::Relaxed);
     let faults = chaos.join().unwrap();
     eprintln!("faults: {faults:?}");

@@ -67,7 +67,7 @@
 //!   `rename(2)`). Without that extension the target is removed first and the temporary file
 //!   renamed after it: a reader may find no file in that window. A failed write removes the
 //!   temporary file before it returns; a cancelled one (the future dropped) has it removed in
-//!   the background (a connection lost midway leaves it behind, hidden).
+//!   the background; see below for a connection lost midway.
 //! * **Preconditions are check-then-act** (`conditional_write: false`): `IfMatch` is checked
 //!   before the upload and again with an `lstat` just before the final rename; a change by
 //!   someone else between that `lstat` and the rename (one round trip) is overwritten.
@@ -90,8 +90,21 @@
 //!   created there meanwhile is what sends the put-back to a conflict name), and a program
 //!   that had the file open before the rename and writes to it after the `lstat` writes into
 //!   the removed file, as with any removal. A cancelled delete puts the file back in the
-//!   background; a connection lost between the rename and the put-back leaves it under the
-//!   hidden name.
+//!   background; for a connection lost midway, see below.
+//! * **Requests carried out late.** A request that timed out, or whose connection went, may
+//!   still reach the server once the network moves again — after the call failed and the
+//!   drive retried it on a new connection (closing the old connection cannot take back what is
+//!   on the way). The temporary name such a request was about is *in doubt*, and before any
+//!   further call runs (the retry included) it is settled on the new connection: an upload's
+//!   temporary file is removed, so that a late rename of it finds nothing to move (it would
+//!   put the older upload over the newer one); a conditional delete's set-aside file is removed
+//!   if it has the version the delete was for, else put back. That is repeated, less and less
+//!   often, for two minutes (for a late open that makes the file after that). A listing also
+//!   removes this process's temporary files that no call uses. A late rename *into* a
+//!   set-aside name is settled when it lands, if it lands within those two minutes. Not
+//!   fenced: a late plain `remove` (a delete without a precondition, which the drive only
+//!   sends for a change replayed after a crash) or a late `rename` of a name the drive reused
+//!   meanwhile.
 //! * `mkdir`: `mkdir` (the umask applies). `rmdir`: `rmdir`, which the server refuses for a
 //!   non-empty directory (`NotEmpty`; an upload in progress in it counts).
 //! * `rename`: what is at the target is checked first (a file never replaces a directory or the
@@ -121,7 +134,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, FuturesUnordered};
@@ -443,13 +456,72 @@ struct Conn {
     write_len: u64,
     /// Set once a request found the session gone.
     dead: AtomicBool,
-    /// The provider's [`Inner::leftovers`].
-    leftovers: Leftovers,
+    /// The provider's [`Inner::temps`].
+    temps: Arc<Temps>,
 }
 
-/// Temporary files whose removal failed (the connection went while a failed or cancelled
-/// upload cleaned up): removed on the next connection.
-type Leftovers = Arc<Mutex<Vec<String>>>;
+/// How long a temporary name stays in doubt (see [`Doubt`]): a request stalled in the network
+/// is carried out within this, or never.
+const DOUBT_WINDOW: Duration = Duration::from_secs(120);
+
+/// A temporary name that a request went unanswered about (it timed out, or its connection
+/// went): the request may still be carried out late, once the network moves again — after the
+/// call failed and was retried on a new connection. An upload's temporary file is removed
+/// before any further call runs, so that a late rename of it finds nothing to move (it would
+/// put an older upload over a newer one), and again now and then for a while, for a late open
+/// that creates it after that. A conditional delete's set-aside file is removed if it is the
+/// version the delete was for, else put back. See [`Cx::settle_doubts`].
+struct Doubt {
+    tmp: String,
+    /// `Some((name, version))`: `tmp` is a conditional delete's set-aside file of `name`, to be
+    /// removed if it has `version` (never when `None`), else put back; `None`: an upload's
+    /// temporary file.
+    aside: Option<(RemotePath, Option<Version>)>,
+    since: Instant,
+    next: Instant,
+    tries: u32,
+}
+
+/// The temporary names of this process, shared by the provider and its connections.
+#[derive(Default)]
+struct Temps {
+    /// Those a call uses right now (full paths): a listing never removes them.
+    live: Mutex<HashSet<String>>,
+    doubts: Mutex<Vec<Doubt>>,
+}
+
+impl Temps {
+    fn doubt(&self, tmp: String, aside: Option<(RemotePath, Option<Version>)>) {
+        tracing::debug!(%tmp, "sftp: a request about a temporary name went unanswered; settled before the next call");
+        let now = Instant::now();
+        self.doubts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Doubt {
+                tmp,
+                aside,
+                since: now,
+                next: now,
+                tries: 0,
+            });
+    }
+
+    fn is_live(&self, tmp: &str) -> bool {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(tmp)
+    }
+
+    fn set_live(&self, tmp: &str, live: bool) {
+        let mut l = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if live {
+            l.insert(tmp.to_string());
+        } else {
+            l.remove(tmp);
+        }
+    }
+}
 
 impl Conn {
     fn alive(&self) -> bool {
@@ -469,6 +541,11 @@ enum Fail {
 }
 
 impl Fail {
+    /// No answer came: the request may have been carried out, or may still be.
+    fn unanswered(&self) -> bool {
+        matches!(self, Fail::Lost(_) | Fail::TimedOut)
+    }
+
     fn code(&self) -> Option<StatusCode> {
         match self {
             Fail::Status(c, _) => Some(*c),
@@ -492,7 +569,9 @@ struct Inner {
     dirty: Mutex<HashSet<RemotePath>>,
     /// Held by a `sync` round.
     syncing: tokio::sync::Mutex<()>,
-    leftovers: Leftovers,
+    temps: Arc<Temps>,
+    /// Held while the doubts are settled, so that no call runs before that is done.
+    fence: tokio::sync::Mutex<()>,
 }
 
 /// Something that cannot connect.
@@ -547,15 +626,6 @@ impl Inner {
         };
         tracing::debug!(who = %self.who, ext = ?c.ext, "sftp connected");
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&c));
-        let left = std::mem::take(&mut *c.leftovers.lock().unwrap_or_else(|e| e.into_inner()));
-        if !left.is_empty() {
-            let (c, timeout) = (Arc::clone(&c), self.cfg.request_timeout);
-            tokio::spawn(async move {
-                for r in left {
-                    remove_temp(&c, timeout, r).await;
-                }
-            });
-        }
         Ok((c, false))
     }
 
@@ -574,10 +644,26 @@ impl Inner {
 
     /// Forgets `c` (if it is still the current connection), so that the next call reconnects.
     fn drop_conn(&self, c: &Arc<Conn>) {
-        c.dead.store(true, Ordering::Relaxed);
-        let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, c)) {
-            *slot = None;
+        if c.dead.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        {
+            let mut slot = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, c)) {
+                *slot = None;
+            }
+        }
+        // Closed, so that the server gets nothing more from it than what is on the way.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (c, timeout) = (Arc::clone(c), self.cfg.request_timeout);
+            rt.spawn(async move {
+                let bye = c.ssh.disconnect(
+                    russh::Disconnect::ByApplication,
+                    "giving up on this connection",
+                    "en",
+                );
+                let _ = tokio::time::timeout(timeout, bye).await;
+            });
         }
     }
 
@@ -688,7 +774,7 @@ impl Inner {
             read_len,
             write_len,
             dead: AtomicBool::new(false),
-            leftovers: Arc::clone(&self.leftovers),
+            temps: Arc::clone(&self.temps),
         })
     }
 }
@@ -707,13 +793,99 @@ struct Cx {
 impl Cx {
     async fn new(inner: &Arc<Inner>, p: &RemotePath) -> Result<Cx> {
         let (c, reused) = inner.conn(p).await?;
-        Ok(Cx {
+        let cx = Cx {
             inner: Arc::clone(inner),
             c,
             reused,
             answered: AtomicBool::new(false),
             unsent: AtomicBool::new(false),
-        })
+        };
+        cx.settle_doubts().await?;
+        cx.answered.store(false, Ordering::Relaxed);
+        Ok(cx)
+    }
+
+    /// Settles the [`Doubt`]s that are due, before the call runs: a call that follows a failed
+    /// one (its retry) never races that one's late requests. Fails (and the call with it) when
+    /// the connection does.
+    async fn settle_doubts(&self) -> Result<()> {
+        let _one = self.inner.fence.lock().await;
+        let now = Instant::now();
+        let due: Vec<Doubt> = {
+            let mut d = self
+                .inner
+                .temps
+                .doubts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if d.is_empty() {
+                return Ok(());
+            }
+            let (due, rest) = std::mem::take(&mut *d)
+                .into_iter()
+                .partition(|x| x.next <= now);
+            *d = rest;
+            due
+        };
+        let mut failed = None;
+        let mut keep = Vec::new();
+        for mut x in due {
+            if failed.is_none() {
+                match self.settle(&x).await {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        // Again later, less and less often, for a late request.
+                        x.tries += 1;
+                        x.next = Instant::now() + Duration::from_secs(1 << x.tries.min(6));
+                        if x.since.elapsed() >= DOUBT_WINDOW {
+                            continue;
+                        }
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            keep.push(x);
+        }
+        self.inner
+            .temps
+            .doubts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(keep);
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// One doubt: `Ok(true)` when settled for good, `Ok(false)` when nothing is there (yet).
+    async fn settle(&self, x: &Doubt) -> Result<bool> {
+        let Some((path, v)) = &x.aside else {
+            return match self.req_status(self.c.sftp.remove(x.tmp.as_str())).await {
+                Ok(()) => {
+                    tracing::info!(tmp = %x.tmp, "sftp: removed a temporary file a failed request may still have been using");
+                    Ok(false)
+                }
+                Err(Fail::Status(StatusCode::NoSuchFile, _)) => Ok(false),
+                Err(Fail::Status(code, msg)) => {
+                    tracing::warn!(tmp = %x.tmp, %code, %msg, "sftp: cannot remove a temporary file");
+                    Ok(true)
+                }
+                Err(f) => Err(self.fail(f, &RemotePath::root(), "remove").await),
+            };
+        };
+        let a = match self.req(self.c.sftp.lstat(x.tmp.as_str())).await {
+            Ok(a) => a.attrs,
+            Err(Fail::Status(StatusCode::NoSuchFile, _)) => return Ok(false),
+            Err(f) => return Err(self.fail(f, path, "lstat").await),
+        };
+        if v.as_ref()
+            .is_some_and(|v| !is_dir(&a) && version_of(&a) == *v)
+        {
+            // What the delete was to remove.
+            return match self.req_status(self.c.sftp.remove(x.tmp.as_str())).await {
+                Ok(()) | Err(Fail::Status(StatusCode::NoSuchFile, _)) => Ok(true),
+                Err(f) => Err(self.fail(f, path, "remove").await),
+            };
+        }
+        self.put_back(path, &x.tmp).await.map(|()| true)
     }
 
     /// Whether the failed attempt met a connection that was already dead (nothing of the call
@@ -963,11 +1135,21 @@ struct Cleanup {
     timeout: Duration,
     handle: Option<String>,
     remove: Option<String>,
-    /// `(temporary name, name)`: renamed back (no-replace) when dropped.
-    restore: Option<(String, String)>,
+    /// Renamed back (no-replace) when dropped.
+    restore: Option<Restore>,
+    /// Temporary names made [`Temps::live`] for this call: no longer, once it is cleaned up.
+    live: Vec<String>,
 }
 
-type CleanupWork = (Option<String>, Option<String>, Option<(String, String)>);
+/// A conditional delete's set-aside file `tmp`, of `path` (full name `full`) at `version`.
+struct Restore {
+    tmp: String,
+    full: String,
+    path: RemotePath,
+    version: Version,
+}
+
+type CleanupWork = (Option<String>, Option<String>, Option<Restore>, Vec<String>);
 
 impl Cleanup {
     fn new(c: &Arc<Conn>, timeout: Duration) -> Self {
@@ -977,11 +1159,23 @@ impl Cleanup {
             handle: None,
             remove: None,
             restore: None,
+            live: Vec::new(),
         }
     }
 
+    /// Makes `tmp` live for this call (until the call is cleaned up).
+    fn live(&mut self, tmp: &str) {
+        self.c.temps.set_live(tmp, true);
+        self.live.push(tmp.to_string());
+    }
+
     fn take(&mut self) -> CleanupWork {
-        (self.handle.take(), self.remove.take(), self.restore.take())
+        (
+            self.handle.take(),
+            self.remove.take(),
+            self.restore.take(),
+            std::mem::take(&mut self.live),
+        )
     }
 
     /// Closes and removes now.
@@ -993,6 +1187,11 @@ impl Cleanup {
 
 /// Removes the temporary file `r`; if the connection fails first, it is left for the next one.
 async fn remove_temp(c: &Arc<Conn>, timeout: Duration, r: String) {
+    if !c.alive() {
+        // A request about it went unanswered: maybe carried out later.
+        c.temps.doubt(r, None);
+        return;
+    }
     let gone = match tokio::time::timeout(timeout, c.sftp.remove(r.as_str())).await {
         Ok(Ok(_)) => true,
         Ok(Err(russh_sftp::client::error::Error::Status(st))) => {
@@ -1002,33 +1201,41 @@ async fn remove_temp(c: &Arc<Conn>, timeout: Duration, r: String) {
         _ => false,
     };
     if !gone {
-        tracing::debug!(file = %r, "sftp: removing a temporary file failed; retried on the next connection");
-        c.leftovers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(r);
+        tracing::debug!(file = %r, "sftp: removing a temporary file failed; retried before the next call");
+        c.temps.doubt(r, None);
     }
 }
 
-async fn cleanup(c: Arc<Conn>, timeout: Duration, (handle, remove, restore): CleanupWork) {
+async fn cleanup(c: Arc<Conn>, timeout: Duration, (handle, remove, restore, live): CleanupWork) {
     if let Some(h) = handle {
-        let _ = tokio::time::timeout(timeout, c.sftp.close(h)).await;
+        if c.alive() {
+            let _ = tokio::time::timeout(timeout, c.sftp.close(h)).await;
+        }
     }
     if let Some(r) = remove {
         remove_temp(&c, timeout, r).await;
     }
-    if let Some((tmp, name)) = restore {
-        let back = tokio::time::timeout(timeout, c.sftp.rename(tmp.as_str(), name.as_str())).await;
-        if !matches!(back, Ok(Ok(_))) {
-            tracing::warn!(%tmp, %name, "sftp: a cancelled delete could not put the file back: it stays under the temporary name");
+    if let Some(r) = restore {
+        let back = c.alive()
+            && matches!(
+                tokio::time::timeout(timeout, c.sftp.rename(r.tmp.as_str(), r.full.as_str())).await,
+                Ok(Ok(_))
+            );
+        if !back {
+            // Settled before the next call: removed if unchanged, else put back (beside the
+            // name if that was taken meanwhile).
+            c.temps.doubt(r.tmp, Some((r.path, Some(r.version))));
         }
+    }
+    for t in live {
+        c.temps.set_live(&t, false);
     }
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let work = self.take();
-        if matches!(work, (None, None, None)) {
+        if matches!(work, (None, None, None, ref l) if l.is_empty()) {
             return;
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -1132,7 +1339,8 @@ impl SftpProvider {
                 who,
                 conn: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
-                leftovers: Arc::default(),
+                temps: Arc::default(),
+                fence: tokio::sync::Mutex::new(()),
                 dirty: Mutex::new(HashSet::new()),
                 syncing: tokio::sync::Mutex::new(()),
             }),
@@ -1207,10 +1415,22 @@ impl Cx {
             }
         }
         guard.run().await;
-        // Uploads of this machine's mounts that were killed midway: removed in the background.
+        // Uploads of this machine's mounts that were killed midway, and this process's own that
+        // no call uses (what a request carried out late made): removed in the background.
+        let dir_full = self.full(dir);
+        let dir_full = dir_full.trim_end_matches('/');
         let abandoned: Vec<String> = files
             .iter()
-            .filter(|f| match super::local::abandoned_tail(&f.filename) {
+            .filter(|f| {
+                let own = || {
+                    super::local::own_tail(&f.filename).filter(|_| {
+                        !self
+                            .c
+                            .temps
+                            .is_live(&format!("{dir_full}/{}", f.filename))
+                    })
+                };
+                match super::local::abandoned_tail(&f.filename).or_else(own) {
                 None => false,
                 // A conditional delete's file set aside: removed only if it still has the
                 // version the delete was for; a changed one stays (hidden) and is reported.
@@ -1222,8 +1442,9 @@ impl Cx {
                     ok
                 }
                 Some(_) => true,
+                }
             })
-            .map(|f| format!("{}/{}", self.full(dir).trim_end_matches('/'), f.filename))
+            .map(|f| format!("{dir_full}/{}", f.filename))
             .collect();
         if !abandoned.is_empty() {
             let c = Arc::clone(&self.c);
@@ -1383,7 +1604,7 @@ impl ReadState {
     /// Closes the file; the stream ends.
     async fn finish(&mut self) {
         self.done = true;
-        let (handle, _, _) = self.guard.take();
+        let (handle, _, _, _) = self.guard.take();
         if let Some(h) = handle {
             self.cx.close(h).await;
         }
@@ -1486,6 +1707,9 @@ impl Cx {
         });
         let mut open_attrs = FileAttributes::empty();
         open_attrs.permissions = mode.map(|m| m & 0o7777);
+        // Removed if this call fails from the open on: an unanswered open may still make it.
+        guard.live(&up.tmp);
+        guard.remove = Some(up.tmp.clone());
         let handle = match self
             .req(self.c.sftp.open(
                 up.tmp.as_str(),
@@ -1505,7 +1729,6 @@ impl Cx {
             }
         };
         guard.handle = Some(handle.clone());
-        guard.remove = Some(up.tmp.clone());
         self.send_body(path, &handle, body, len).await?;
         // The mode exactly (open's is subject to the umask) and the mtime.
         let times = up.attrs.mtime.map(|t| {
@@ -1741,6 +1964,7 @@ impl Cx {
             }
         };
         let full = self.full(path);
+        guard.live(&tmp);
         // The temporary name is new: posix-rename (rename(2)) is atomic, the plain rename
         // (link(2) + unlink) as good as that for a file.
         let moved = if self.c.ext.posix_rename {
@@ -1751,6 +1975,13 @@ impl Cx {
                 .await
         };
         if let Err(f) = moved {
+            if f.unanswered() {
+                // Maybe carried out late: settled before the next call.
+                self.c
+                    .temps
+                    .doubt(tmp, Some((path.clone(), Some(v.clone()))));
+                return Err(self.fail(f, path, "rename").await);
+            }
             return Err(match self.lstat_opt(path).await {
                 Err(e) => e,
                 // Removed or changed meanwhile.
@@ -1759,7 +1990,12 @@ impl Cx {
                 Ok(Some(_)) => self.fail(f, path, "rename").await,
             });
         }
-        guard.restore = Some((tmp.clone(), full));
+        guard.restore = Some(Restore {
+            tmp: tmp.clone(),
+            full,
+            path: path.clone(),
+            version: v.clone(),
+        });
         self.inner.touched(Some(parent));
         let now = match self.req(self.c.sftp.lstat(tmp.as_str())).await {
             Ok(a) => a.attrs,
@@ -1768,6 +2004,8 @@ impl Cx {
                 guard.restore = None;
                 return Ok(());
             }
+            // The connection went: the cleanup leaves it to be settled before the next call.
+            Err(f) if f.unanswered() => return Err(self.fail(f, path, "lstat").await),
             Err(f) => {
                 let e = self.fail(f, path, "lstat").await;
                 guard.restore = None;
@@ -1783,10 +2021,14 @@ impl Cx {
         }
         // (A file version: a directory there never has it.)
         let removed = self.req_status(self.c.sftp.remove(tmp.as_str())).await;
-        guard.restore = None;
         match removed {
-            Ok(()) | Err(Fail::Status(StatusCode::NoSuchFile, _)) => Ok(()),
+            Ok(()) | Err(Fail::Status(StatusCode::NoSuchFile, _)) => {
+                guard.restore = None;
+                Ok(())
+            }
+            Err(f) if f.unanswered() => Err(self.fail(f, path, "remove").await),
             Err(f) => {
+                guard.restore = None;
                 let e = self.fail(f, path, "remove").await;
                 self.put_back(path, &tmp).await?;
                 Err(e)
@@ -1804,6 +2046,12 @@ impl Cx {
             .await
         {
             Ok(()) => return Ok(()),
+            Err(f) if f.unanswered() => {
+                self.c
+                    .temps
+                    .doubt(tmp.to_string(), Some((path.clone(), None)));
+                return Err(self.fail(f, path, "rename").await);
+            }
             Err(f) => f,
         };
         if self.lstat_opt(path).await?.is_none() {
@@ -1822,6 +2070,12 @@ impl Cx {
                 Ok(()) => {
                     tracing::warn!(%path, conflict = %aside, "sftp delete: the file changed meanwhile and its name was taken again: kept beside it");
                     return Ok(());
+                }
+                Err(f) if f.unanswered() => {
+                    self.c
+                        .temps
+                        .doubt(tmp.to_string(), Some((path.clone(), None)));
+                    return Err(self.fail(f, &aside, "rename").await);
                 }
                 Err(f) => {
                     if self.lstat_opt(&aside).await?.is_none() {
