@@ -20,6 +20,9 @@ pub enum Fault {
     Refuse,
     /// New connections are accepted and never answered; open ones stop moving bytes.
     Blackhole,
+    /// Forwards, but the last byte of every piece of more than 1 KiB from the server to the
+    /// client is flipped (past any HTTP header: bodies arrive damaged).
+    Corrupt,
 }
 
 struct Shared {
@@ -29,6 +32,8 @@ struct Shared {
     delay_ms: AtomicU64,
     /// 0 forward, 1 stall.
     stalled: AtomicU8,
+    /// Whether [`Fault::Corrupt`] is on.
+    corrupt: AtomicBool,
     conns: Mutex<Vec<TcpStream>>,
     stop: AtomicBool,
     /// Connections accepted so far.
@@ -51,6 +56,7 @@ impl Proxy {
             fault: Mutex::new(Fault::None),
             delay_ms: AtomicU64::new(0),
             stalled: AtomicU8::new(0),
+            corrupt: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
@@ -73,8 +79,11 @@ impl Proxy {
         let (delay, stall) = match f {
             Fault::Delay(d) => (d.as_millis() as u64, 0),
             Fault::Blackhole => (0, 1),
-            Fault::None | Fault::Refuse => (0, 0),
+            Fault::None | Fault::Refuse | Fault::Corrupt => (0, 0),
         };
+        self.shared
+            .corrupt
+            .store(f == Fault::Corrupt, Ordering::Relaxed);
         self.shared.delay_ms.store(delay, Ordering::Relaxed);
         self.shared.stalled.store(stall, Ordering::Relaxed);
     }
@@ -121,7 +130,7 @@ fn accept_loop(listener: TcpListener, s: Arc<Shared>) {
                 remember(&s, &client);
                 continue;
             }
-            Fault::None | Fault::Delay(_) => {}
+            Fault::None | Fault::Delay(_) | Fault::Corrupt => {}
         }
         let Ok(server) = TcpStream::connect_timeout(&s.target, Duration::from_secs(5)) else {
             let _ = client.shutdown(Shutdown::Both);
@@ -129,14 +138,14 @@ fn accept_loop(listener: TcpListener, s: Arc<Shared>) {
         };
         remember(&s, &client);
         remember(&s, &server);
-        for (from, to) in [(&client, &server), (&server, &client)] {
+        for (from, to, to_client) in [(&client, &server, false), (&server, &client, true)] {
             let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) else {
                 continue;
             };
             let s = s.clone();
             let _ = std::thread::Builder::new()
                 .name("test-proxy-pipe".into())
-                .spawn(move || pipe(from, to, &s));
+                .spawn(move || pipe(from, to, to_client, &s));
         }
     }
 }
@@ -149,7 +158,7 @@ fn remember(s: &Shared, c: &TcpStream) {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream, s: &Shared) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, to_client: bool, s: &Shared) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf) {
@@ -162,6 +171,9 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, s: &Shared) {
         let d = s.delay_ms.load(Ordering::Relaxed);
         if d > 0 {
             std::thread::sleep(Duration::from_millis(d));
+        }
+        if to_client && n > 1024 && s.corrupt.load(Ordering::Relaxed) {
+            buf[n - 1] ^= 0x5a;
         }
         if to.write_all(&buf[..n]).is_err() {
             break;

@@ -31,7 +31,12 @@
 //! * `list`: `ListObjectsV2` with delimiter `/`; the continuation token is the page token.
 //! * `read`: ranged `GET` with `If-Match: <version>` (the answer's ETag is compared as well, for
 //!   servers that ignore `If-Match`), so a read never mixes versions. A body cut midway is
-//!   resumed from the byte reached with a new ranged, conditional `GET` (a few times).
+//!   resumed from the byte reached with a new ranged, conditional `GET` (a few times). A read
+//!   that covers the whole object (from byte 0 to its end, as the drive's fetch of a file that
+//!   fits in one chunk does) is checked against the MD5 the ETag publishes (a single-part
+//!   upload's, not SSE-KMS or SSE-C): the last piece is handed out only once the bytes match,
+//!   else the stream ends with a retryable error and nothing wrong is kept. A part of an object
+//!   has no published hash to check against (S3 has none per range).
 //! * `write`: up to [`MULTIPART_THRESHOLD`] (64 MiB), one `PUT` with `Content-Length`; larger
 //!   files (up to S3's 5 TiB) are uploaded in parts, see "Multipart uploads". A body of up to
 //!   1 MiB is gathered first and sent with `Content-MD5` and a signed payload hash (the server
@@ -2591,6 +2596,62 @@ struct ReadState {
     body: Option<futures::stream::BoxStream<'static, reqwest::Result<Bytes>>>,
     resumes_left: u32,
     done: bool,
+    /// The whole object is read: checked against its published MD5.
+    verify: Option<Verify>,
+}
+
+/// The MD5 of a whole-object read, compared with the one the object's ETag publishes.
+struct Verify {
+    md5: Md5,
+    /// The ETag's MD5, lowercase hex.
+    expect: String,
+    /// The object's size.
+    total: u64,
+}
+
+impl Verify {
+    /// For the answer `headers` to a `GET` from byte `start` to `end`: `Some` when it brings
+    /// the whole object and its ETag is a plain MD5 of the bytes (not SSE-KMS or SSE-C).
+    fn of(headers: &reqwest::header::HeaderMap, start: u64, end: Option<u64>) -> Option<Verify> {
+        if start != 0 {
+            return None;
+        }
+        let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        if h("x-amz-server-side-encryption").is_some_and(|e| e.starts_with("aws:kms"))
+            || h("x-amz-server-side-encryption-customer-algorithm").is_some()
+        {
+            return None;
+        }
+        let total = match h("content-range") {
+            // bytes 0-N/TOTAL
+            Some(r) => r.rsplit_once('/')?.1.trim().parse::<u64>().ok()?,
+            None => h("content-length")?.trim().parse::<u64>().ok()?,
+        };
+        if end.is_some_and(|e| e < total) {
+            return None;
+        }
+        let expect = etag_md5(&normalize_etag(h("etag")?))?.to_ascii_lowercase();
+        Some(Verify {
+            md5: Md5::new(),
+            expect,
+            total,
+        })
+    }
+
+    /// Adds the piece that ends at `pos`; at the end of the object, `Err` with the MD5 received
+    /// when it is not the one published.
+    fn feed(&mut self, piece: &[u8], pos: u64) -> std::result::Result<(), String> {
+        self.md5.update(piece);
+        if pos < self.total {
+            return Ok(());
+        }
+        let got = hex(&std::mem::take(&mut self.md5).finalize());
+        if got == self.expect {
+            Ok(())
+        } else {
+            Err(got)
+        }
+    }
 }
 
 impl ReadState {
@@ -2628,6 +2689,20 @@ impl ReadState {
                         continue;
                     }
                     self.pos += b.len() as u64;
+                    if let Some(v) = self.verify.as_mut() {
+                        if let Err(got) = v.feed(&b, self.pos) {
+                            tracing::warn!(path = %self.path, expected = %v.expect, %got, "s3 read: the bytes received are not the object's (MD5 differs from its ETag)");
+                            self.done = true;
+                            let e = ProviderError::Other {
+                                message: format!(
+                                    "S3 read {}: the bytes received do not match the object's MD5 ({got}, its ETag says {})",
+                                    self.path, v.expect
+                                ),
+                                retryable: true,
+                            };
+                            return Some((Err(e), self));
+                        }
+                    }
                     return Some((Ok(b), self));
                 }
                 Ok(None) => return None,
@@ -2784,6 +2859,7 @@ impl Provider for S3Provider {
         let Some(resp) = inner.get_range(path, version, offset, end).await? else {
             return Ok(Box::pin(futures::stream::empty()));
         };
+        let verify = Verify::of(resp.headers(), offset, end);
         let state = ReadState {
             inner: Arc::clone(inner),
             path: path.clone(),
@@ -2793,6 +2869,7 @@ impl Provider for S3Provider {
             body: Some(resp.bytes_stream().boxed()),
             resumes_left: READ_RESUMES,
             done: false,
+            verify,
         };
         Ok(Box::pin(futures::stream::unfold(state, ReadState::next)))
     }
