@@ -23,7 +23,8 @@ pub struct VfsConfig {
     pub transfers: usize,
     /// Largest read-ahead window, in chunks.
     pub max_readahead_chunks: u64,
-    /// Bytes all prefetching together may hold in flight.
+    /// Bytes all prefetching together may hold in flight: each read stream takes a window
+    /// (`max_readahead_chunks` chunks) of it, so this bounds the streams open at once.
     pub prefetch_budget: u64,
     /// Files up to this size travel inside their commit record (one fsync per close).
     pub inline_max: u64,

@@ -174,6 +174,9 @@ impl Vfs {
                     if let Ok(Some(b)) = ranged(key.clone()).await? {
                         return Ok(b);
                     }
+                    if let Some(b) = self.chunk_from_stream(node, &version, plan.index).await {
+                        return Ok(slice(b));
+                    }
                     let path = self.remote_location(node).ok_or(FsError::NotFound)?;
                     match self
                         .fetch(path.clone(), key, version.clone(), plan.index)
@@ -318,8 +321,8 @@ impl Vfs {
     }
 
     /// Read-ahead for sequential readers: the window doubles while reads follow each other and
-    /// resets on a jump; chunks are fetched into the cache by background tasks holding a permit
-    /// of the global prefetch budget (no permit: no prefetch, never a wait).
+    /// resets on a jump; the chunks ahead come from the node's read stream (`stream`): one
+    /// provider read from there to the end of the file, consumed as the window moves.
     fn prefetch(&self, fh: u64, node: NodeId, offset: u64, end: u64) {
         let cs = self.inner.cfg.chunk_size;
         let (from, to) = {
@@ -334,11 +337,22 @@ impl Vfs {
                 h.prefetched_to = 0;
             }
             h.next_offset = end;
+            // A first read from the start: the stream starts with it (one request for a file
+            // read through, as rclone's first chunk request does; a program that only reads
+            // the header leaves the rest of the stream unread).
+            let start = offset == 0 && h.window == 0;
+            if start {
+                h.window = 1;
+            }
             if h.window == 0 {
                 return;
             }
             let last = (end.max(1) - 1) / cs;
-            let from = (last + 1).max(h.prefetched_to);
+            let from = if start {
+                0
+            } else {
+                (last + 1).max(h.prefetched_to)
+            };
             let to = last + h.window;
             if from > to {
                 return;
@@ -362,23 +376,22 @@ impl Vfs {
         let Some(path) = self.remote_location(node) else {
             return;
         };
-        for (i, src) in srcs {
-            let ChunkSrc::Base { alias: None } = src else {
-                continue;
-            };
-            let key = crate::content::remote_key(&oid, &base.version, i);
-            if self.inner.cache.contains(&key) {
-                continue;
-            }
-            let Ok(permit) = self.inner.prefetch.clone().try_acquire_owned() else {
-                return;
-            };
-            let (vfs, path, version) = (self.clone(), path.clone(), base.version.clone());
-            tokio::spawn(async move {
-                let _ = vfs.fetch(path, key, version, i).await;
-                drop(permit);
-            });
-        }
+        // The chunks the provider is to give: one stream (one request) for all of them.
+        let missing: Vec<u64> = srcs
+            .into_iter()
+            .filter(|(_, src)| matches!(src, ChunkSrc::Base { alias: None }))
+            .map(|(i, _)| i)
+            .filter(|&i| {
+                !self
+                    .inner
+                    .cache
+                    .contains(&crate::content::remote_key(&oid, &base.version, i))
+            })
+            .collect();
+        let (Some(&first), Some(&last)) = (missing.first(), missing.last()) else {
+            return;
+        };
+        self.stream_ahead(node, path, oid, base.version, base.len, (first, last));
     }
 
     /// Writes `data` at `offset` (or at the end for O_APPEND) of the file open as `fh`.

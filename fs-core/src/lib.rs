@@ -15,6 +15,7 @@ pub mod pin;
 pub mod poll;
 pub mod provider;
 pub mod snapshot;
+mod stream;
 pub mod types;
 pub mod uploader;
 pub mod vfs;

@@ -147,6 +147,8 @@ pub(crate) struct Inner {
     pub node_locks: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
     pub flights: SingleFlight<ChunkKey, Result<Bytes, FsError>>,
     pub prefetch: Arc<Semaphore>,
+    /// Sequential read streams, by node (see `stream`).
+    pub(crate) streams: crate::stream::Streams,
     pub queue: Mutex<Queue>,
     pub queue_changed: Arc<Notify>,
     pub invalidator: Mutex<Option<Arc<dyn Invalidator>>>,
@@ -390,6 +392,7 @@ impl Vfs {
             background: std::sync::OnceLock::new(),
             node_locks: Mutex::new(HashMap::new()),
             flights: SingleFlight::new(),
+            streams: Default::default(),
             queue: Mutex::new(queue),
             queue_changed: Arc::new(Notify::new()),
             invalidator: Mutex::new(None),

@@ -402,3 +402,54 @@ async fn a_read_while_a_rename_of_the_file_takes_effect_waits_for_it() {
     vfs.flush_all(Duration::from_secs(10)).await.unwrap();
     assert_eq!(read_all(&vfs, b.ino).await, content);
 }
+
+/// A file read from start to end costs a handful of provider reads (the first chunks on demand,
+/// then one stream from where the read-ahead starts to the end of the file; 401 before the
+/// streams), not one per chunk; a jump ahead starts another
+/// stream; and every byte read is the file's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequential_read_is_one_stream_not_a_request_per_chunk() {
+    let d = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryProvider::new());
+    let chunks = 400u64;
+    let cs = cfg().chunk_size;
+    let content = data((chunks * cs) as usize + 12_345, 9);
+    mem.put_file("big.bin", &content);
+    let vfs = Vfs::new(cfg(), open_cache(d.path()), mem.clone()).unwrap();
+    let f = vfs.lookup(NodeId::ROOT, "big.bin").await.unwrap();
+    mem.reset_counters();
+    assert!(read_all(&vfs, f.ino).await == content, "sequential read");
+    let c = mem.counters();
+    assert!(
+        c.read <= 10,
+        "{} chunks read with {} provider reads: {c:?}",
+        chunks + 1,
+        c.read
+    );
+    // A jump: the first 10 chunks, then from chunk 300 on (another cache, all cold).
+    let d2 = tempfile::tempdir().unwrap();
+    let vfs = Vfs::new(cfg(), open_cache(d2.path()), mem.clone()).unwrap();
+    let f = vfs.lookup(NodeId::ROOT, "big.bin").await.unwrap();
+    let o = vfs
+        .open(
+            f.ino,
+            OpenFlags {
+                read: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    mem.reset_counters();
+    let step = cs as u32;
+    for (from, n) in [(0u64, 10u64), (300, 101)] {
+        for i in from..from + n {
+            let b = vfs.read(o.fh, i * cs, step).await.unwrap();
+            let start = (i * cs) as usize;
+            let end = (start + step as usize).min(content.len());
+            assert!(b[..] == content[start..end], "chunk {i}");
+        }
+    }
+    let c = mem.counters();
+    assert!(c.read <= 20, "two runs of sequential reads: {c:?}");
+}
