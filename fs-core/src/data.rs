@@ -171,6 +171,9 @@ impl Vfs {
                 let mut tries = 0;
                 loop {
                     let key = crate::content::remote_key(oid, &version, plan.index);
+                    if let Some(b) = self.chunk_in_stream(node, &version, plan.index) {
+                        return Ok(slice(b));
+                    }
                     if let Ok(Some(b)) = ranged(key.clone()).await? {
                         return Ok(b);
                     }

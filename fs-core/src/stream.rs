@@ -54,7 +54,12 @@ pub(crate) struct Stream {
     landed: Notify,
     over: AtomicBool,
     /// Delivered chunks not yet in the cache.
-    ready: Mutex<HashMap<u64, Bytes>>,
+    /// Delivered chunks, kept (whether or not in the cache yet: `true` once stored) until the
+    /// readers are past them, so that a reader takes them from memory, not decrypting them
+    /// from the cache again.
+    ready: Mutex<HashMap<u64, (Bytes, bool)>>,
+    /// One past the highest chunk a reader took from `ready`.
+    taken: AtomicU64,
     puts: Arc<Semaphore>,
 }
 
@@ -72,6 +77,24 @@ impl Stream {
         if self.target.fetch_max(to, Ordering::AcqRel) < to {
             self.more.notify_one();
         }
+    }
+
+    /// Chunk `i` from memory, if delivered and still kept.
+    fn take(&self, i: u64) -> Option<Bytes> {
+        let b = lock(&self.ready).get(&i).map(|(b, _)| b.clone())?;
+        self.taken.fetch_max(i + 1, Ordering::AcqRel);
+        Some(b)
+    }
+
+    /// Chunk `i` is in the cache now: what the readers are past, and what a window beyond
+    /// them does not need, is no longer kept in memory.
+    fn stored(&self, i: u64, window: u64) {
+        let taken = self.taken.load(Ordering::Acquire);
+        let mut ready = lock(&self.ready);
+        if let Some(e) = ready.get_mut(&i) {
+            e.1 = true;
+        }
+        ready.retain(|&k, (_, stored)| !*stored || k + 1 >= taken && k < taken + window);
     }
 
     fn finish(&self) {
@@ -155,6 +178,7 @@ impl Vfs {
                 landed: Notify::new(),
                 over: AtomicBool::new(false),
                 ready: Mutex::new(HashMap::new()),
+                taken: AtomicU64::new(from),
                 puts: Arc::new(Semaphore::new(PUTS_IN_FLIGHT)),
             });
             streams.insert(node, Arc::clone(&s));
@@ -171,6 +195,20 @@ impl Vfs {
                 streams.remove(&node);
             }
         });
+    }
+
+    /// Chunk `i` of `node`'s `version` if its stream delivered it and keeps it in memory.
+    pub(crate) fn chunk_in_stream(
+        &self,
+        node: NodeId,
+        version: &cache::Version,
+        i: u64,
+    ) -> Option<Bytes> {
+        let s = lock(&self.inner.streams).get(&node).cloned()?;
+        if s.version != *version {
+            return None;
+        }
+        s.take(i)
     }
 
     /// Chunk `i` of `node`'s `version` from its stream, if the stream is about to deliver it:
@@ -215,8 +253,8 @@ impl Vfs {
         if s.next() <= i {
             return None;
         }
-        if let Some(b) = lock(&s.ready).get(&i) {
-            return Some(b.clone());
+        if let Some(b) = s.take(i) {
+            return Some(b);
         }
         let key = crate::content::remote_key(&s.object, &s.version, i);
         let cache = self.inner.cache.clone();
@@ -321,17 +359,18 @@ impl Vfs {
                 return;
             };
             waits.cache += t2.elapsed();
-            lock(&s.ready).insert(i, chunk.clone());
+            lock(&s.ready).insert(i, (chunk.clone(), false));
             s.next.store(i + 1, Ordering::Release);
             s.landed.notify_waiters();
             let key = crate::content::remote_key(&s.object, &s.version, i);
+            let window = self.inner.cfg.max_readahead_chunks.max(1) * 2;
             let (cache, s2) = (self.inner.cache.clone(), Arc::clone(s));
             tokio::task::spawn_blocking(move || {
                 if !cache.contains(&key) {
                     // Best effort: a full cache still served the readers from `ready`.
                     let _ = cache.put(&key, &chunk, PutKind::Clean);
                 }
-                lock(&s2.ready).remove(&i);
+                s2.stored(i, window);
                 drop(permit);
             });
             if i + 1 >= s.end {
