@@ -197,18 +197,20 @@ impl Vfs {
         });
     }
 
+    /// The stream of `node` reading `version`.
+    fn stream_of(&self, node: NodeId, version: &cache::Version) -> Option<Arc<Stream>> {
+        let s = lock(&self.inner.streams).get(&node).cloned()?;
+        (s.version == *version).then_some(s)
+    }
+
     /// Chunk `i` of `node`'s `version` if its stream delivered it and keeps it in memory.
     pub(crate) fn chunk_in_stream(
         &self,
         node: NodeId,
-        version: &cache::Version,
+        v: &cache::Version,
         i: u64,
     ) -> Option<Bytes> {
-        let s = lock(&self.inner.streams).get(&node).cloned()?;
-        if s.version != *version {
-            return None;
-        }
-        s.take(i)
+        self.stream_of(node, v)?.take(i)
     }
 
     /// Chunk `i` of `node`'s `version` from its stream, if the stream is about to deliver it:
@@ -219,15 +221,10 @@ impl Vfs {
         version: &cache::Version,
         i: u64,
     ) -> Option<Bytes> {
-        let s = lock(&self.inner.streams).get(&node).cloned()?;
+        let s = self.stream_of(node, version)?;
         let reach = self.inner.cfg.max_readahead_chunks.max(1);
         // (A chunk delivered already may still be on its way into the cache: from `ready`.)
-        if s.is_over() && i >= s.next()
-            || s.version != *version
-            || i < s.start
-            || i >= s.end
-            || i > s.next() + reach
-        {
+        if s.is_over() && i >= s.next() || i < s.start || i >= s.end || i > s.next() + reach {
             tracing::debug!(
                 node = node.0,
                 chunk = i,

@@ -3656,6 +3656,14 @@ async fn conditional_delete_keeps_a_change_made_behind_its_back(
         .await
         .unwrap();
     assert!(!h.exists("f.txt"));
+    // A symlink is removed by its own version (git makes and removes one to probe for them).
+    if p.capabilities().symlinks {
+        let l = p.symlink(&rp("l"), "target").await.unwrap();
+        p.delete(&rp("l"), Precondition::IfMatch(l.version))
+            .await
+            .unwrap();
+        assert!(!h.exists("l"));
+    }
     // Changed while the delete runs, at different moments.
     for i in 0..rounds {
         let name = format!("r{i}.txt");

@@ -486,7 +486,7 @@ fn remove_if_abandoned(path: &Path, name: &str) {
     };
     if tail.starts_with('v') {
         let same = fs::symlink_metadata(path)
-            .map(|md| md.is_file() && delete_tail_matches(tail, &md))
+            .map(|md| !md.is_dir() && delete_tail_matches(tail, &md))
             .unwrap_or(false);
         if !same {
             tracing::warn!(file = %path.display(), "a file set aside by an interrupted delete changed meanwhile; left under its temporary name");
@@ -604,7 +604,7 @@ fn delete_if_match(root: &Root, p: &RemotePath, v: &Version) -> Result<()> {
         });
     }
     let same = match fs::symlink_metadata(&aside) {
-        Ok(md) => md.is_file() && version_of(&md) == *v,
+        Ok(md) => !md.is_dir() && version_of(&md) == *v,
         // Someone removed it under its temporary name: gone, as asked.
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(_) => false,
