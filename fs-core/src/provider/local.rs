@@ -33,10 +33,13 @@
 //!   drop) and never leaves a half-written file at the target.
 //! * **Preconditions are check-then-act** (`conditional_write: false`), except `IfNotExists` on
 //!   write, which is atomic (`renameat2(RENAME_NOREPLACE)`, or `link(2)` + `unlink` where the
-//!   filesystem lacks it). `IfMatch` on write and delete `lstat`s the target and compares its
-//!   version just before the rename / unlink: another program changing the file in the window
-//!   between that `lstat` and the `rename`/`unlink` (microseconds) is not detected, and its change
-//!   is overwritten (write) or removed (delete).
+//!   filesystem lacks it). `IfMatch` on write `lstat`s the target and compares its version just
+//!   before the rename: another program changing the file between that `lstat` and the `rename`
+//!   (microseconds) is not detected, and its change is overwritten. `IfMatch` on delete moves
+//!   the file aside first (an atomic rename to a hidden `.syncoxide-tmp-…-v<version>r…` name),
+//!   checks what moved and removes it only if it has the version asked for; anything else goes
+//!   back (beside the name, as a conflict copy, if the name was taken meanwhile). Left of the
+//!   window: a program that opened the file before the rename and writes after the check.
 //! * **Reads never mix versions.** A read opens the file, `fstat`s it and compares the version
 //!   (`PreconditionFailed` if it differs), then streams the range in pieces of up to 1 MiB with
 //!   `pread`, `fstat`ing again after every piece: if the file changed meanwhile, the stream ends
