@@ -363,7 +363,7 @@ impl Vfs {
             h.prefetched_to = to + 1;
             (from, to)
         };
-        let (oid, base, size, srcs) = {
+        let (oid, base, srcs) = {
             let ns = lock(&self.inner.ns);
             let Some(n) = ns.get(node) else { return };
             let Some(b) = n.content.base.clone() else {
@@ -373,25 +373,22 @@ impl Vfs {
                 .filter(|i| i * cs < n.content.size)
                 .map(|i| (i, n.content.src(i, cs)))
                 .collect();
-            (n.object_id(), b, n.content.size, srcs)
+            (n.object_id(), b, srcs)
         };
-        let _ = size;
-        let Some(path) = self.remote_location(node) else {
-            return;
-        };
-        // The chunks the provider is to give: one stream (one request) for all of them.
-        let missing: Vec<u64> = srcs
-            .into_iter()
-            .filter(|(_, src)| matches!(src, ChunkSrc::Base { alias: None }))
-            .map(|(i, _)| i)
-            .filter(|&i| {
-                !self
+        // The chunks the provider is to give, first to last: one stream (one request) for all.
+        let missing = |(i, src): &&(u64, ChunkSrc)| {
+            matches!(src, ChunkSrc::Base { alias: None })
+                && !self
                     .inner
                     .cache
-                    .contains(&crate::content::remote_key(&oid, &base.version, i))
-            })
-            .collect();
-        let (Some(&first), Some(&last)) = (missing.first(), missing.last()) else {
+                    .contains(&crate::content::remote_key(&oid, &base.version, *i))
+        };
+        let (Some(&(first, _)), Some(&(last, _))) =
+            (srcs.iter().find(missing), srcs.iter().rev().find(missing))
+        else {
+            return;
+        };
+        let Some(path) = self.remote_location(node) else {
             return;
         };
         self.stream_ahead(node, path, oid, base.version, base.len, (first, last));

@@ -489,7 +489,7 @@ fn remove_if_abandoned(path: &Path, name: &str) {
     };
     if tail.starts_with('v') {
         let same = fs::symlink_metadata(path)
-            .map(|md| !md.is_dir() && delete_tail_matches(tail, &md))
+            .map(|md| !md.is_dir() && delete_tail_is(tail, &version_of(&md)))
             .unwrap_or(false);
         if !same {
             tracing::warn!(file = %path.display(), "a file set aside by an interrupted delete changed meanwhile; left under its temporary name");
@@ -563,27 +563,30 @@ fn precondition_failed(p: &RemotePath) -> ProviderError {
     ProviderError::PreconditionFailed { path: p.clone() }
 }
 
-/// The version `v` as letters and digits only (it goes into a temporary name).
-fn plain_version(v: &Version) -> String {
-    v.as_bytes()
-        .iter()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|&c| char::from(c))
-        .collect()
-}
-
 /// The tail of the temporary name a conditional delete of version `v` sets the file aside
-/// under: `v<version>r<random>` (no `-`; `v` is no hex digit, so an upload's random tail never
-/// looks like it), so that what a killed delete left can be told to be the version it was to
-/// remove (see [`remove_if_abandoned`]).
-fn delete_tail(v: &Version) -> String {
+/// under: `v<version>r<random>`, the version as letters and digits only, without its leading
+/// `s` (no `-`; `v` is no hex digit, so an upload's random tail never looks like it), so that
+/// what a killed delete left can be told to be the version it was to remove (see
+/// [`remove_if_abandoned`]). Also the SFTP provider's.
+pub(crate) fn delete_tail(v: &Version) -> String {
     format!("v{}r{}", plain_version(v), random_hex())
 }
 
-/// Whether a file with `md` has the version a [`delete_tail`] was made for.
-fn delete_tail_matches(tail: &str, md: &Metadata) -> bool {
+/// Whether a [`delete_tail`] was made for version `v`.
+pub(crate) fn delete_tail_is(tail: &str, v: &Version) -> bool {
     tail.rsplit_once('r')
-        .is_some_and(|(v, _)| v.strip_prefix('v') == Some(plain_version(&version_of(md)).as_str()))
+        .is_some_and(|(t, _)| t.strip_prefix('v') == Some(plain_version(v).as_str()))
+}
+
+/// The version `v` as it goes into a [`delete_tail`].
+fn plain_version(v: &Version) -> String {
+    let plain: String = v
+        .as_bytes()
+        .iter()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|&c| char::from(c))
+        .collect();
+    plain.trim_start_matches('s').to_string()
 }
 
 /// A `delete` conditional on version `v` (which `p` had a moment ago): the file is renamed to

@@ -2610,9 +2610,15 @@ struct Verify {
 }
 
 impl Verify {
-    /// For the answer `headers` to a `GET` from byte `start` to `end`: `Some` when it brings
-    /// the whole object and its ETag is a plain MD5 of the bytes (not SSE-KMS or SSE-C).
-    fn of(headers: &reqwest::header::HeaderMap, start: u64, end: Option<u64>) -> Option<Verify> {
+    /// For the answer `headers` to a `GET` from byte `start` to `end` of the object at
+    /// `version` (its ETag, which the answer's was checked to be): `Some` when it brings the
+    /// whole object and the ETag is a plain MD5 of the bytes (not SSE-KMS or SSE-C).
+    fn of(
+        headers: &reqwest::header::HeaderMap,
+        version: &Version,
+        start: u64,
+        end: Option<u64>,
+    ) -> Option<Verify> {
         if start != 0 {
             return None;
         }
@@ -2630,7 +2636,7 @@ impl Verify {
         if end.is_some_and(|e| e < total) {
             return None;
         }
-        let expect = etag_md5(&normalize_etag(h("etag")?))?.to_ascii_lowercase();
+        let expect = etag_md5(std::str::from_utf8(version.as_bytes()).ok()?)?.to_ascii_lowercase();
         Some(Verify {
             md5: Md5::new(),
             expect,
@@ -2859,7 +2865,7 @@ impl Provider for S3Provider {
         let Some(resp) = inner.get_range(path, version, offset, end).await? else {
             return Ok(Box::pin(futures::stream::empty()));
         };
-        let verify = Verify::of(resp.headers(), offset, end);
+        let verify = Verify::of(resp.headers(), version, offset, end);
         let state = ReadState {
             inner: Arc::clone(inner),
             path: path.clone(),

@@ -264,41 +264,9 @@ fn precondition_failed(p: &RemotePath) -> ProviderError {
     ProviderError::PreconditionFailed { path: p.clone() }
 }
 
-/// The tail of the temporary name a conditional delete of version `v` sets the file aside
-/// under: `v<size>m<mtime>r<random>` (no `-`; `v` is not a hex digit, so an upload's random
-/// tail never looks like it), so that what a killed delete left can be told to be the
-/// version it was to remove.
-fn delete_tail(v: &Version) -> String {
-    let plain: String = v
-        .as_bytes()
-        .iter()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|&c| char::from(c))
-        .collect();
-    format!("v{}r{}", plain.trim_start_matches('s'), random_hex())
-}
-
 /// Whether a file with `attrs` has the version a [`delete_tail`] was made for.
 fn delete_tail_matches(tail: &str, attrs: &FileAttributes) -> bool {
-    if is_dir(attrs) {
-        return false;
-    }
-    let Some((v, _)) = tail.rsplit_once('r') else {
-        return false;
-    };
-    v == format!("v{}m{}", attrs.size.unwrap_or(0), attrs.mtime.unwrap_or(0))
-}
-
-fn random_hex() -> String {
-    let mut b = [0u8; 8];
-    if aws_lc_rs::rand::fill(&mut b).is_err() {
-        // Uniqueness, not secrecy, is what matters here.
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        b = (t ^ u64::from(std::process::id()).rotate_left(32)).to_le_bytes();
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    !is_dir(attrs) && super::local::delete_tail_is(tail, &version_of(attrs))
 }
 
 /// What an entry is, from its attributes (`None`: a special file).
@@ -1954,7 +1922,7 @@ impl Cx {
         guard: &mut Cleanup,
     ) -> Result<()> {
         let parent = path.parent().unwrap_or_else(RemotePath::root);
-        let tmp = match parent.join(&super::local::tmp_name_with(&delete_tail(v))) {
+        let tmp = match parent.join(&super::local::tmp_name_with(&super::local::delete_tail(v))) {
             Some(t) => self.full(&t),
             None => {
                 return Err(ProviderError::Other {
@@ -2529,7 +2497,7 @@ mod tests {
             mtime: Some(1_733_561_234),
             ..FileAttributes::empty()
         };
-        let tail = delete_tail(&version_of(&a));
+        let tail = super::super::local::delete_tail(&version_of(&a));
         assert!(!tail.contains('-'), "{tail}");
         assert!(delete_tail_matches(&tail, &a), "{tail}");
         let changed = FileAttributes {
