@@ -338,6 +338,7 @@ impl Vfs {
             } else if h.next_offset != offset {
                 h.window = 0;
                 h.prefetched_to = 0;
+                h.from_start = false;
             }
             h.next_offset = end;
             // A first read from the start: the stream starts with it (one request for a file
@@ -346,6 +347,7 @@ impl Vfs {
             let start = offset == 0 && h.window == 0;
             if start {
                 h.window = 1;
+                h.from_start = true;
             }
             if h.window == 0 {
                 return;
@@ -361,6 +363,17 @@ impl Vfs {
                 return;
             }
             h.prefetched_to = to + 1;
+            // The kernel sends the first reads of a file at once and they are answered
+            // concurrently: the read of chunk 1 may ask for chunks 2.. before the read at
+            // offset 0 asks for 0..: near the start, a reader's look-ahead covers the start too,
+            // so that whichever comes first starts the stream at chunk 0 (not one at chunk 2,
+            // leaving chunks 0 and 1 to a request each).
+            let reach = self.inner.cfg.max_readahead_chunks.max(1) * 2;
+            let from = if h.from_start && from <= reach {
+                0
+            } else {
+                from
+            };
             (from, to)
         };
         let (oid, base, srcs) = {

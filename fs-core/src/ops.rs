@@ -400,6 +400,7 @@ impl Vfs {
                 next_offset: 0,
                 window: 0,
                 prefetched_to: 0,
+                from_start: false,
                 remote_gen,
             },
         );

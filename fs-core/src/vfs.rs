@@ -63,6 +63,8 @@ pub(crate) struct Handle {
     pub window: u64,
     /// Last chunk prefetched.
     pub prefetched_to: u64,
+    /// The sequential reading began at offset 0 (and has not jumped since).
+    pub from_start: bool,
     /// The node's `remote_gen` when it was opened: a read after a listing replaced the file's
     /// content with another remote version fails instead of mixing two versions.
     pub remote_gen: u64,
