@@ -288,7 +288,7 @@ impl Vfs {
             }
         };
         self.inner.counters.fetches.fetch_add(1, Ordering::Relaxed);
-        let mut buf = BytesMut::new();
+        let mut buf = BytesMut::with_capacity(cs as usize);
         let mut waits = Waits::default();
         self.pump_body(s, path, &mut body, &mut buf, &mut waits)
             .await;
@@ -306,6 +306,7 @@ impl Vfs {
     ) {
         let cs = self.inner.cfg.chunk_size;
         let deadline = self.inner.cfg.provider_timeout;
+        let mut carry = Bytes::new();
         loop {
             let t0 = tokio::time::Instant::now();
             // Wait for a reader to want more.
@@ -328,8 +329,14 @@ impl Vfs {
             let t1 = tokio::time::Instant::now();
             waits.reader += t1 - t0;
             while buf.len() < want {
+                if !carry.is_empty() {
+                    // What the last frame brought past the previous chunk.
+                    let b = std::mem::take(&mut carry);
+                    carry = fill(buf, want, b);
+                    continue;
+                }
                 match tokio::time::timeout(deadline, body.next()).await {
-                    Ok(Some(Ok(b))) => buf.extend_from_slice(&b),
+                    Ok(Some(Ok(b))) => carry = fill(buf, want, b),
                     Ok(Some(Err(e))) => {
                         tracing::debug!(%path, chunk = i, error = %e, "read stream failed");
                         return;
@@ -344,7 +351,9 @@ impl Vfs {
                     }
                 }
             }
-            let chunk = buf.split_to(want).freeze();
+            // The chunk keeps the buffer: a new one of a whole chunk is filled next (a buffer
+            // that grew chunk by chunk was reallocated and copied again for every chunk).
+            let chunk = std::mem::replace(buf, BytesMut::with_capacity(cs as usize)).freeze();
             let t2 = tokio::time::Instant::now();
             waits.network += t2 - t1;
             self.note_reachable(true);
@@ -374,5 +383,17 @@ impl Vfs {
                 return;
             }
         }
+    }
+}
+
+/// Appends `b` to `buf` up to `want` bytes; returns the rest of `b`.
+fn fill(buf: &mut BytesMut, want: usize, b: Bytes) -> Bytes {
+    let need = want.saturating_sub(buf.len());
+    if b.len() <= need {
+        buf.extend_from_slice(&b);
+        Bytes::new()
+    } else {
+        buf.extend_from_slice(&b[..need]);
+        b.slice(need..)
     }
 }
