@@ -92,19 +92,27 @@ pub fn seal_with_nonce(
     let h = header(len);
     let mut aad = aad_prefix(&h, key);
     let aad_len = aad.len();
-    let mut out = Vec::with_capacity(sealed_len(len) as usize);
-    out.extend_from_slice(&h);
-    out.extend_from_slice(&nonce);
+    // Zeroed, then overwritten once (a fresh allocation this large is zero pages anyway).
+    let mut out = vec![0u8; sealed_len(len) as usize];
+    out[..HEADER_LEN].copy_from_slice(&h);
+    out[HEADER_LEN..PREFIX_LEN].copy_from_slice(&nonce);
+    let mut at = PREFIX_LEN;
     for b in 0..block_count(len) {
         let from = (b as usize * BLOCK).min(plaintext.len());
         let to = (from + BLOCK).min(plaintext.len());
-        let start = out.len();
-        out.extend_from_slice(&plaintext[from..to]);
         aad.truncate(aad_len);
         aad.extend_from_slice(&(b as u32).to_le_bytes());
-        let tag = cipher.seal_in_place(block_nonce(&nonce, b), &aad, &mut out[start..]);
-        out.extend_from_slice(&tag);
+        let n = to - from;
+        let tag = cipher.seal_into(
+            block_nonce(&nonce, b),
+            &aad,
+            &plaintext[from..to],
+            &mut out[at..at + n],
+        );
+        out[at + n..at + n + TAG_LEN].copy_from_slice(&tag);
+        at += n + TAG_LEN;
     }
+    debug_assert_eq!(at, out.len());
     out
 }
 

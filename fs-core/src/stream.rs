@@ -189,6 +189,9 @@ impl Vfs {
             let span = tracing::debug_span!("stream", node = node.0, %path, from);
             vfs.pump(&s, &path).instrument(span).await;
             s.finish();
+            // Delivered chunks stay reachable through the stream until they are in the cache:
+            // a reader of the last ones (still being stored) would otherwise fetch them again.
+            let _ = s.puts.acquire_many(PUTS_IN_FLIGHT as u32).await;
             drop(budget);
             let mut streams = lock(&vfs.inner.streams);
             if streams.get(&node).is_some_and(|t| Arc::ptr_eq(t, &s)) {

@@ -403,10 +403,10 @@ async fn a_read_while_a_rename_of_the_file_takes_effect_waits_for_it() {
     assert_eq!(read_all(&vfs, b.ino).await, content);
 }
 
-/// A file read from start to end costs a handful of provider reads (the first chunks on demand,
-/// then one stream from where the read-ahead starts to the end of the file; 401 before the
-/// streams), not one per chunk; a jump ahead starts another
-/// stream; and every byte read is the file's.
+/// A file read from start to end costs one provider read (a stream from the first read to the
+/// end of the file; 401 before the streams), not one per chunk, including the last chunks,
+/// still being stored when the stream ends; a jump ahead starts another stream (after the
+/// jump's own chunk and the next, fetched on their own); and every byte read is the file's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sequential_read_is_one_stream_not_a_request_per_chunk() {
     let d = tempfile::tempdir().unwrap();
@@ -420,8 +420,9 @@ async fn a_sequential_read_is_one_stream_not_a_request_per_chunk() {
     mem.reset_counters();
     assert!(read_all(&vfs, f.ino).await == content, "sequential read");
     let c = mem.counters();
-    assert!(
-        c.read <= 10,
+    assert_eq!(
+        c.read,
+        1,
         "{} chunks read with {} provider reads: {c:?}",
         chunks + 1,
         c.read
@@ -451,5 +452,5 @@ async fn a_sequential_read_is_one_stream_not_a_request_per_chunk() {
         }
     }
     let c = mem.counters();
-    assert!(c.read <= 20, "two runs of sequential reads: {c:?}");
+    assert!(c.read <= 4, "two runs of sequential reads: {c:?}");
 }

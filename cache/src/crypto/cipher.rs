@@ -74,20 +74,29 @@ impl ChunkCipher {
         ChunkName(out)
     }
 
-    /// Encrypts `buf` in place and returns the tag.
-    pub fn seal_in_place(
+    /// Encrypts `plaintext` into `out` (of the same length) and returns the tag: one pass over
+    /// the data, where copying it first and encrypting the copy in place took two.
+    pub fn seal_into(
         &self,
         nonce: [u8; NONCE_LEN],
         aad: &[u8],
-        buf: &mut [u8],
+        plaintext: &[u8],
+        out: &mut [u8],
     ) -> [u8; TAG_LEN] {
-        let tag = self
-            .aead
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), buf)
-            .unwrap_or_else(|_| unreachable!("GCM seals any input shorter than 64 GiB"));
-        let mut out = [0u8; TAG_LEN];
-        out.copy_from_slice(tag.as_ref());
-        out
+        let mut tag = [0u8; TAG_LEN];
+        self.aead
+            .seal_out_of_place_scatter(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                plaintext,
+                out,
+                &[],
+                &mut tag,
+            )
+            .unwrap_or_else(|_| {
+                unreachable!("GCM seals any input shorter than 64 GiB into a buffer of its length")
+            });
+        tag
     }
 
     /// Decrypts `ct_and_tag` in place; returns the plaintext length, or `None` if authentication
