@@ -1967,6 +1967,152 @@ async fn s3_directory_rename_cut_short_finishes_when_run_again() {
     assert_eq!(h.file("g/f0").unwrap(), b"file 0");
 }
 
+/// What a small write costs, from the S3 server's own log: one listing at the name (is a folder
+/// or a link there?) and the `PUT`; nothing after it (the `PUT`'s answer gives the object's
+/// time), and no check of a folder this provider wrote into less than `DIR_SEEN_TTL` ago. The
+/// untar of many small files goes at the rate the server answers requests, so this is its
+/// speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_small_writes_take_one_listing_and_one_put() {
+    use fs_core::provider::s3::DIR_SEEN_TTL;
+    let h = S3::new("small-writes", None).await;
+    let p = &h.provider;
+    let server = harness::servers::s3();
+    let bucket = bucket_of(&h);
+    // Probes conditional writes too, before the count starts.
+    p.mkdir(&rp("d")).await.unwrap();
+    let before = server.requests(&bucket).len();
+    let t0 = std::time::Instant::now();
+    let mut written = Vec::new();
+    for i in 0..10 {
+        let e = p
+            .write(
+                &rp(&format!("d/f{i}")),
+                body(b"small", 2),
+                5,
+                Precondition::IfNotExists,
+                ObjectAttrs::default(),
+            )
+            .await
+            .unwrap();
+        written.push(e);
+    }
+    for (i, e) in written.iter().enumerate().take(5) {
+        p.write(
+            &rp(&format!("d/f{i}")),
+            body(b"again", 2),
+            5,
+            Precondition::IfMatch(e.version.clone()),
+            ObjectAttrs::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let slow = t0.elapsed() >= DIR_SEEN_TTL;
+    let reqs = server.requests(&bucket)[before..].to_vec();
+    let marker = format!("HEAD /{bucket}/tree/root/d/");
+    let listings = reqs.iter().filter(|r| r.contains("list-type=2")).count();
+    let puts = reqs.iter().filter(|r| r.starts_with("PUT ")).count();
+    let parent_checks = reqs.iter().filter(|r| **r == marker).count();
+    assert_eq!((listings, puts), (15, 15), "{reqs:#?}");
+    // Only a run so slow that a folder written into went unconfirmed for DIR_SEEN_TTL may check
+    // it again (a HEAD of its marker).
+    assert_eq!(
+        reqs.len(),
+        30 + parent_checks,
+        "nothing but the listing and the PUT: {reqs:#?}"
+    );
+    assert!(slow || parent_checks == 0, "{reqs:#?}");
+    // The entry a write returns is what a stat finds.
+    assert_eq!(p.stat(&rp("d/f9")).await.unwrap(), written[9]);
+
+    // A folder made by another tool (no marker): the first write into it finds the folder by
+    // its keys, the next ones know it.
+    h.raw.put_raw("e/x", b"x").await.unwrap();
+    let before = server.requests(&bucket).len();
+    for name in ["e/y", "e/z"] {
+        put(p, name, b"small").await;
+    }
+    let reqs = server.requests(&bucket)[before..].to_vec();
+    // e/y: the listing at the name (empty), the marker's HEAD, a listing of e/, the PUT; e/z:
+    // the listing and the PUT.
+    assert!(reqs.len() <= 6, "{reqs:#?}");
+    // An overwrite's listing finds the file, so the folder needs no check even when unknown.
+    let fresh = S3Provider::new(s3_config(&bucket, "tree/root")).unwrap();
+    let before = server.requests(&bucket).len();
+    put(&fresh, "e/x", b"new x").await;
+    let reqs = server.requests(&bucket)[before..].to_vec();
+    assert_eq!(reqs.len(), 2, "{reqs:#?}");
+    assert_eq!(h.file("e/x").unwrap(), b"new x");
+}
+
+/// The listing that checks a name before a write is one page: siblings sorting between `name`
+/// and `name/` (`name-1`, `name.a`, …) can fill it before the link object or the folder shows;
+/// what the page could not show is asked for on its own, so the checks hold (a page of 2 keys
+/// here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_checks_before_a_write_see_past_a_full_page() {
+    let h = S3::new("name-probe-pages", Some(2)).await;
+    let p = &h.provider;
+    let w = |path: &'static str, pre: Precondition| async move {
+        p.write(&rp(path), body(b"data", 3), 4, pre, ObjectAttrs::default())
+            .await
+    };
+    for k in ["s/name-1", "s/name-2", "s/name.a", "s/name/inside"] {
+        h.raw.put_raw(k, b"k").await.unwrap();
+    }
+    // The page ends before the link's key and the folder's prefix.
+    assert_eq!(
+        w("s/name", Precondition::None).await.unwrap_err(),
+        ProviderError::IsADirectory(rp("s/name"))
+    );
+    assert_eq!(
+        w("s/name", Precondition::IfNotExists).await.unwrap_err(),
+        ProviderError::AlreadyExists(rp("s/name"))
+    );
+    // The page ends at the link: the folder is asked for on its own.
+    for k in ["s/x-1", "s/x.rclonelink", "s/x.z", "s/x/inside"] {
+        h.raw.put_raw(k, b"k").await.unwrap();
+    }
+    assert_eq!(
+        w("s/x", Precondition::None).await.unwrap_err(),
+        ProviderError::IsADirectory(rp("s/x"))
+    );
+    // A link behind a full page: refused for a create, replaced by a plain write.
+    for k in ["s/lnk-1", "s/lnk-2"] {
+        h.raw.put_raw(k, b"k").await.unwrap();
+    }
+    h.raw.put_raw("s/lnk.rclonelink", b"target").await.unwrap();
+    assert_eq!(p.stat(&rp("s/lnk")).await.unwrap().kind, EntryKind::Symlink);
+    assert_eq!(
+        w("s/lnk", Precondition::IfNotExists).await.unwrap_err(),
+        ProviderError::AlreadyExists(rp("s/lnk"))
+    );
+    let e = w("s/lnk", Precondition::None).await.unwrap();
+    assert_eq!(p.stat(&rp("s/lnk")).await.unwrap(), e);
+    assert!(!h.keys().contains(&"s/lnk.rclonelink".to_string()));
+    assert_eq!(h.file("s/lnk").unwrap(), b"data");
+    // Siblings only: the write goes through, and a folder or link made the same way is refused
+    // for the name.
+    for k in ["s/y-1", "s/y-2", "s/y.a"] {
+        h.raw.put_raw(k, b"k").await.unwrap();
+    }
+    w("s/y", Precondition::IfNotExists).await.unwrap();
+    assert_eq!(h.file("s/y").unwrap(), b"data");
+    assert_eq!(
+        p.mkdir(&rp("s/y")).await.unwrap_err(),
+        ProviderError::AlreadyExists(rp("s/y"))
+    );
+    assert_eq!(
+        p.symlink(&rp("s/name"), "t").await.unwrap_err(),
+        ProviderError::AlreadyExists(rp("s/name"))
+    );
+    assert_eq!(
+        p.mkdir(&rp("s/lnk-1")).await.unwrap_err(),
+        ProviderError::AlreadyExists(rp("s/lnk-1"))
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // WebDAV only
 

@@ -54,6 +54,27 @@ impl S3Server {
         format!("t{}-{n}-{}", std::process::id(), what.trim_matches('-'))
     }
 
+    /// The requests the server has answered for `bucket` so far, from its log, in order: the
+    /// method and the target as sent (`"PUT /bucket/a/b"`, `"GET /bucket?list-type=2&…"`). The
+    /// server writes a request's line before it answers it, so a request whose answer came is
+    /// in the log. For tests that count what an operation costs.
+    pub fn requests(&self, bucket: &str) -> Vec<String> {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let path = format!("/{bucket}");
+        log.lines()
+            .filter_map(|line| {
+                let line = strip_ansi(line);
+                let start = line.find('"')? + 1;
+                let request = line[start..].split(" HTTP/").next()?;
+                let (method, target) = request.split_once(' ')?;
+                let ours = target == path
+                    || target.starts_with(&format!("{path}/"))
+                    || target.starts_with(&format!("{path}?"));
+                ours.then(|| format!("{method} {target}"))
+            })
+            .collect()
+    }
+
     /// Environment variables that point AWS tools and `mountctl` at this server.
     pub fn aws_env(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -314,6 +335,25 @@ impl S3Server {
         }
         out
     }
+}
+
+/// `line` without terminal colour codes (moto colours its log lines by status).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // ESC [ parameters… final letter
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {

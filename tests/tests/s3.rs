@@ -143,3 +143,43 @@ fn a_change_made_by_another_client_shows_after_the_poll() {
         || !f.exists(),
     );
 }
+
+/// What an upload of small files costs the server, from its own log: a listing at the name (is
+/// a folder or a link there?) and the `PUT`, per file. An untar of many small files goes at the
+/// rate the server answers requests, so more per file is a slowdown.
+#[test]
+fn small_files_are_uploaded_with_two_requests_each() {
+    const N: usize = 20;
+    let b = bucket("small-files");
+    let drive = Drive::builder_s3(&b)
+        .write_back_delay("1h")
+        .arg("--poll-interval")
+        .arg("0")
+        .mount();
+    let m = drive.path();
+    fs::create_dir(m.join("a")).unwrap();
+    fs::write(m.join("a/first"), b"first").unwrap();
+    drive.flush();
+    let before = server().requests(&b).len();
+    for i in 0..N {
+        fs::write(m.join(format!("a/f{i}")), vec![i as u8; 4096]).unwrap();
+    }
+    drive.flush();
+    let reqs = server().requests(&b)[before..].to_vec();
+    let puts = reqs.iter().filter(|r| r.starts_with("PUT ")).count();
+    assert_eq!(puts, N, "{reqs:#?}");
+    // Besides: a check of the folder (a HEAD of its marker) when more than the provider's
+    // DIR_SEEN_TTL passed since it last wrote there (from `a/first` to the flush, or a slow
+    // upload).
+    assert!(
+        reqs.len() <= 2 * N + 2,
+        "{} requests: {reqs:#?}",
+        reqs.len()
+    );
+    for i in [0, N - 1] {
+        assert_eq!(
+            server().get(&b, &format!("a/f{i}")).unwrap(),
+            vec![i as u8; 4096]
+        );
+    }
+}

@@ -45,6 +45,8 @@
 //!   with SSE-KMS, is not compared). A body that is short, long or fails aborts the request,
 //!   so the server never stores it. `IfMatch` is sent as `If-Match`, `IfNotExists` as
 //!   `If-None-Match: *`.
+//! * `mkdir` and `symlink` check the name and the parent as a write does (below), then `PUT` the
+//!   marker or the link object with `If-None-Match: *`.
 //! * Conditional writes: some S3-compatible servers ignore `If-Match` / `If-None-Match` on `PUT`.
 //!   Before the first conditional write the provider probes once (two `PUT`s of a probe key with
 //!   `If-None-Match: *`, the second must be refused with 412; one with a wrong `If-Match`, which
@@ -65,6 +67,39 @@
 //!   and keys already copied are skipped.
 //! * `set_attrs` is `NotSupported` (S3 keeps neither modes nor settable times; the drive keeps
 //!   them locally).
+//!
+//! # Checks before a write
+//!
+//! A small file costs two requests where nothing is in the way: the listing below and the `PUT`
+//! (an untar of many small files goes at the rate the server answers requests).
+//!
+//! * At the name: one `ListObjectsV2` with `prefix=<key>`, delimiter `/` and at most
+//!   [`NAME_PROBE_KEYS`] keys shows the file `<key>`, the link object `<key>.rclonelink` and
+//!   the folder `<key>/` (keys sort bytewise: `name` < `name-x` < `name.rclonelink` < `name/` <
+//!   `name0`). A page filled by siblings sorting in between (`name.txt`, `name-2`, …) before it
+//!   reaches the link or the folder is followed by a `HEAD` of the link or a listing of `<key>/`,
+//!   whichever it could not show. A folder of the name refuses the write (`IsADirectory`, or
+//!   `AlreadyExists` for `IfNotExists`); a link is replaced by the file (`AlreadyExists` for
+//!   `IfNotExists`), its object deleted once the file is there.
+//! * The parent: anything that listing found lies in the parent, which is therefore a folder.
+//!   Else a folder this provider wrote a key under (or checked) less than [`DIR_SEEN_TTL`] (2 s)
+//!   ago is taken as there; else a `HEAD` of its marker, else a listing of one key under it
+//!   confirms it; only when none is there does a `stat` of the parent choose between
+//!   `NotFound` and `NotADirectory`. A folder with keys under it counts as a folder even when
+//!   another tool put a file of the same name beside it (`stat` calls that name a file).
+//! * The window: a folder removed by someone else less than [`DIR_SEEN_TTL`] after this
+//!   provider last wrote into it is not noticed by the next write into it. On S3 a folder is
+//!   only its keys, so the `PUT` makes it again, holding just that file (what the drive does
+//!   anyway on `NotFound`: it makes the parents again and writes the file there; only the
+//!   marker is missing, and it is written before the folder's last key is deleted, see
+//!   above): nothing is lost. A folder *replaced* by a file in that window ends up beside the
+//!   file, both kept, where the drive would otherwise have moved the file aside and made the
+//!   folder again (a conflict). Removing, renaming or putting a file over a folder through this
+//!   provider ends the window for it at once.
+//! * After the `PUT`: the entry's time is the `Last-Modified` of the `PUT`'s answer, the time
+//!   the server gave the object (moto sends it); a server that sends none (AWS) is asked with a
+//!   `HEAD`, since the answer's `Date` may be a second later than the object's time that a
+//!   `stat` or a listing shows.
 //!
 //! # Multipart uploads
 //!
@@ -188,6 +223,15 @@ const DIR_VERSION: &str = "dir";
 pub const LINK_SUFFIX: &str = ".rclonelink";
 /// Longest symlink target stored.
 const MAX_LINK_TARGET: u64 = 4096;
+/// How long a folder this provider itself just wrote into (or made) is taken to exist without
+/// asking again before a write into it: the window in which a folder removed by someone else is
+/// not noticed by a write into it (see "Checks before a write" in the module documentation).
+pub const DIR_SEEN_TTL: Duration = Duration::from_secs(2);
+/// Folders remembered at most (expired ones are dropped when there are more).
+const DIRS_SEEN_MAX: usize = 4096;
+/// Keys asked for in the listing that checks what else is at a name before a write: enough for
+/// the usual siblings that sort between `name` and `name/` (`name.ext`, `name-2`, …).
+const NAME_PROBE_KEYS: usize = 16;
 /// SHA-256 of the empty string.
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
@@ -1116,6 +1160,18 @@ const PROBE_UNKNOWN: u8 = 0;
 const PROBE_HONOURED: u8 = 1;
 const PROBE_IGNORED: u8 = 2;
 
+/// What is at a name besides what is asked for, see [`Inner::at_name`].
+struct AtName {
+    /// The object `name` (a file).
+    file: bool,
+    /// The link object `name.rclonelink`.
+    link: bool,
+    /// Keys under `name/` (a folder).
+    dir: bool,
+    /// Keys found beginning with `name` at all: they lie in the parent, which is a folder.
+    parent_seen: bool,
+}
+
 /// What a `HEAD` of a file says.
 struct Head {
     etag: String,
@@ -1135,6 +1191,9 @@ struct Inner {
     conditions: tokio::sync::OnceCell<Conditions>,
     /// For `capabilities()`, which cannot wait for the probe.
     probe_state: AtomicU8,
+    /// Folders this provider wrote a key under, and when it sent that request (see
+    /// [`DIR_SEEN_TTL`]).
+    dirs_seen: Mutex<std::collections::HashMap<RemotePath, Instant>>,
 }
 
 /// An S3 bucket (and prefix) as the remote. See the module documentation.
@@ -1233,6 +1292,7 @@ impl S3Provider {
                 part_size: MIN_PART_SIZE,
                 conditions: tokio::sync::OnceCell::new(),
                 probe_state: AtomicU8::new(PROBE_UNKNOWN),
+                dirs_seen: Mutex::default(),
             }),
         })
     }
@@ -1263,6 +1323,7 @@ impl S3Provider {
             part_size: arc.part_size,
             conditions: tokio::sync::OnceCell::new(),
             probe_state: AtomicU8::new(PROBE_UNKNOWN),
+            dirs_seen: Mutex::default(),
         });
         change(&mut inner);
         S3Provider {
@@ -1563,15 +1624,117 @@ impl Inner {
     }
 
     /// The parent of `p` must be a directory: `NotFound` / `NotADirectory` name the parent.
+    /// A folder this provider wrote into (or checked) within [`DIR_SEEN_TTL`] is taken as
+    /// there; else its marker is asked for (a `HEAD`: the folders the drive makes have one),
+    /// else whether any key is under it; only when nothing is, what is at its name (a file, a
+    /// link, nothing) says which error. A folder with keys under it is a folder even if a file
+    /// of the same name lies beside it (another tool can make both; `stat` calls that name a
+    /// file): the write goes into the folder, and nothing is lost.
     async fn check_parent(&self, p: &RemotePath) -> Result<()> {
         let Some(parent) = p.parent().filter(|q| !q.is_root()) else {
             return Ok(());
         };
+        if self.dir_seen(&parent) {
+            return Ok(());
+        }
+        let asked = Instant::now();
+        let marker = self.dir_prefix(&parent);
+        if self.head_key(&parent, &marker).await?.is_some() || self.dir_exists(&parent).await? {
+            self.saw_dir(&parent, asked);
+            return Ok(());
+        }
         match self.stat_opt(&parent).await? {
             Some(e) if e.kind == EntryKind::Dir => Ok(()),
             Some(_) => Err(ProviderError::NotADirectory(parent)),
             None => Err(ProviderError::NotFound(parent)),
         }
+    }
+
+    /// What is at the name of `p`: the file, the link object and the folder of that name, from
+    /// one listing of the keys that begin with `p`'s key (delimiter `/`), in place of a `HEAD`
+    /// of the file, a `HEAD` of the link and a listing of `p/`. Keys come in byte order:
+    /// `p` < `p-x` < `p.rclonelink` < `p/` < `p0`, so the first page holds the file, and the
+    /// link and the folder unless siblings sorting between them (`p.txt`, `p-2`, …) fill it
+    /// first: what a truncated page could not show is then asked for on its own.
+    async fn at_name(&self, p: &RemotePath) -> Result<AtName> {
+        let key = self.key(p);
+        let link_key = self.link_key(p);
+        let dir_key = format!("{key}/");
+        let max = self
+            .page_size
+            .map_or(NAME_PROBE_KEYS, |n| n.min(NAME_PROBE_KEYS));
+        let page = self.list_raw(p, &key, true, None, Some(max)).await?;
+        let mut at = AtName {
+            file: page.contents.iter().any(|o| o.key == key),
+            link: page.contents.iter().any(|o| o.key == link_key),
+            dir: page.common_prefixes.iter().any(|c| c.prefix == dir_key),
+            parent_seen: !page.contents.is_empty() || !page.common_prefixes.is_empty(),
+        };
+        if page.is_truncated {
+            // The page holds every name up to the last it lists.
+            let last = page
+                .contents
+                .iter()
+                .map(|o| o.key.as_str())
+                .chain(page.common_prefixes.iter().map(|c| c.prefix.as_str()))
+                .max()
+                .unwrap_or("");
+            let (link_known, dir_known) = (last >= link_key.as_str(), last >= dir_key.as_str());
+            let (link, dir) = futures::join!(
+                async {
+                    if link_known {
+                        Ok(at.link)
+                    } else {
+                        self.head_link(p).await.map(|h| h.is_some())
+                    }
+                },
+                async {
+                    if dir_known {
+                        Ok(at.dir)
+                    } else {
+                        self.dir_exists(p).await
+                    }
+                },
+            );
+            at.link = link?;
+            at.dir = dir?;
+        }
+        Ok(at)
+    }
+
+    /// Whether this provider wrote a key under folder `d` (or found it there before a write)
+    /// less than [`DIR_SEEN_TTL`] ago.
+    fn dir_seen(&self, d: &RemotePath) -> bool {
+        self.dirs_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(d)
+            .is_some_and(|t| t.elapsed() < DIR_SEEN_TTL)
+    }
+
+    /// Folder `d` was there when a request sent at `at` was answered.
+    fn saw_dir(&self, d: &RemotePath, at: Instant) {
+        if d.is_root() {
+            return;
+        }
+        let mut seen = self.dirs_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= DIRS_SEEN_MAX {
+            seen.retain(|_, t| t.elapsed() < DIR_SEEN_TTL);
+            if seen.len() >= DIRS_SEEN_MAX {
+                seen.clear();
+            }
+        }
+        let t = seen.entry(d.clone()).or_insert(at);
+        *t = (*t).max(at);
+    }
+
+    /// `p` and everything under it are no folders this provider vouches for any more (it
+    /// removed or moved them, or put a file or link at `p`).
+    fn forget_dirs(&self, p: &RemotePath) {
+        self.dirs_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|d, _| !d.starts_with(p));
     }
 
     /// The conditional headers the server honours, probed once.
@@ -2266,21 +2429,34 @@ impl Inner {
         Ok(r.upload_id)
     }
 
-    /// The entry of the file just written at `path` (a symlink it replaced removed now).
+    /// The entry of the file just written at `path` by a write that started at `started` (a
+    /// symlink it replaced removed now). `last_modified`: the time the write's answer gave the
+    /// new object, if it gave one.
     async fn written(
         &self,
         path: &RemotePath,
         len: u64,
         etag: String,
         over_link: bool,
+        last_modified: Option<SystemTime>,
+        started: Instant,
     ) -> Result<RemoteEntry> {
+        if let Some(parent) = path.parent() {
+            self.saw_dir(&parent, started);
+        }
+        self.forget_dirs(path);
         if over_link {
             self.delete_key(path, &self.link_key(path)).await?;
         }
-        // The server's time of the new object, so that the entry equals a later `stat`.
-        let mtime = match self.head(path).await {
-            Ok(Some(h)) if h.etag == etag => h.mtime,
-            _ => now_secs(),
+        // The server's time of the new object, so that the entry equals a later `stat`: the
+        // `PUT` answer's `Last-Modified` where the server sends one (moto does), else a `HEAD`
+        // (AWS's answer has none, and its `Date` is the answer's time, not the object's).
+        let mtime = match last_modified {
+            Some(t) => t,
+            None => match self.head(path).await {
+                Ok(Some(h)) if h.etag == etag => h.mtime,
+                _ => now_secs(),
+            },
         };
         Ok(file_entry(path.name(), len, mtime, &etag))
     }
@@ -2897,26 +3073,28 @@ impl Provider for S3Provider {
         if len > MAX_OBJECT {
             return Err(ProviderError::NotSupported("files larger than 5 TiB on S3"));
         }
-        let (parent, dir_here, link_here) = futures::join!(
-            inner.check_parent(path),
-            inner.dir_exists(path),
-            inner.head_link(path)
-        );
-        parent?;
-        if dir_here? {
+        let started = Instant::now();
+        // No folder of the name, and whether a link is there, in one listing that also shows
+        // the parent is a folder when it finds anything (see "Checks before a write").
+        let here = inner.at_name(path).await?;
+        if !here.parent_seen {
+            inner.check_parent(path).await?;
+        }
+        if here.dir {
             return Err(match pre {
                 Precondition::IfNotExists => ProviderError::AlreadyExists(path.clone()),
                 _ => ProviderError::IsADirectory(path.clone()),
             });
         }
         // A file written over a symlink replaces it (once the file is there).
-        let link_here = link_here?;
-        if link_here.is_some() && matches!(pre, Precondition::IfNotExists) {
+        if here.link && matches!(pre, Precondition::IfNotExists) {
             return Err(ProviderError::AlreadyExists(path.clone()));
         }
         if len > inner.multipart_threshold {
             let etag = write_multipart(inner, path, body, len, &pre).await?;
-            return inner.written(path, len, etag, link_here.is_some()).await;
+            return inner
+                .written(path, len, etag, here.link, None, started)
+                .await;
         }
         let key = inner.key(path);
         let mut req = Request::new(Method::PUT, Some(&key));
@@ -3007,7 +3185,10 @@ impl Provider for S3Provider {
                 });
             }
         }
-        inner.written(path, len, etag, link_here.is_some()).await
+        let last_modified = a.header("last-modified").and_then(parse_http_date);
+        inner
+            .written(path, len, etag, here.link, last_modified, started)
+            .await
     }
 
     async fn delete(&self, path: &RemotePath, pre: Precondition) -> Result<()> {
@@ -3047,10 +3228,14 @@ impl Provider for S3Provider {
             return Err(ProviderError::AlreadyExists(path.clone()));
         }
         inner.check_new_name(path)?;
-        if inner.stat_opt(path).await?.is_some() {
+        let started = Instant::now();
+        let here = inner.at_name(path).await?;
+        if here.file || here.link || here.dir {
             return Err(ProviderError::AlreadyExists(path.clone()));
         }
-        inner.check_parent(path).await?;
+        if !here.parent_seen {
+            inner.check_parent(path).await?;
+        }
         let marker = inner.dir_prefix(path);
         let mut req = Request::new(Method::PUT, Some(&marker))
             .header("content-md5", base64(&Md5::digest(b"")));
@@ -3059,7 +3244,13 @@ impl Provider for S3Provider {
         }
         let a = inner.client.call(req).await?;
         match a.status.as_u16() {
-            s if (200..300).contains(&s) => Ok(dir_entry(path.name())),
+            s if (200..300).contains(&s) => {
+                if let Some(parent) = path.parent() {
+                    inner.saw_dir(&parent, started);
+                }
+                inner.saw_dir(path, started);
+                Ok(dir_entry(path.name()))
+            }
             412 | 409 => Err(ProviderError::AlreadyExists(path.clone())),
             _ => Err(inner.client.error(path, "mkdir", a.status, &a.body)),
         }
@@ -3079,6 +3270,7 @@ impl Provider for S3Provider {
         if others > 0 {
             return Err(ProviderError::NotEmpty(path.clone()));
         }
+        inner.forget_dirs(path);
         if has_marker {
             return inner.delete_key(path, &marker).await;
         }
@@ -3127,6 +3319,7 @@ impl Provider for S3Provider {
             if let Some(parent) = from.parent() {
                 inner.keep_dir(&parent).await?;
             }
+            inner.forget_dirs(from);
             return inner.rename_dir(from, to, replace).await;
         }
         let target = inner.stat_opt(to).await?;
@@ -3155,6 +3348,7 @@ impl Provider for S3Provider {
             _ => None,
         };
         let etag = inner.copy(from, &from_key, &to_key, &etag).await?;
+        inner.forget_dirs(to);
         if let Some(k) = replaced {
             inner.delete_key(to, &k).await?;
         }
@@ -3190,10 +3384,13 @@ impl Provider for S3Provider {
                 reason: "symlink target longer than 4096 bytes",
             });
         }
-        let (parent, here) = futures::join!(inner.check_parent(path), inner.stat_opt(path));
-        parent?;
-        if here?.is_some() {
+        let started = Instant::now();
+        let here = inner.at_name(path).await?;
+        if here.file || here.link || here.dir {
             return Err(ProviderError::AlreadyExists(path.clone()));
+        }
+        if !here.parent_seen {
+            inner.check_parent(path).await?;
         }
         let key = inner.link_key(path);
         let data = Bytes::copy_from_slice(target.as_bytes());
@@ -3209,10 +3406,22 @@ impl Provider for S3Provider {
             412 | 409 => return Err(ProviderError::AlreadyExists(path.clone())),
             _ => return Err(inner.client.error(path, "symlink", a.status, &a.body)),
         }
+        if let Some(parent) = path.parent() {
+            inner.saw_dir(&parent, started);
+        }
+        inner.forget_dirs(path);
         let etag = a.header("etag").map(normalize_etag).unwrap_or_default();
-        let mtime = match inner.head_link(path).await {
-            Ok(Some(h)) if h.etag == etag || etag.is_empty() => h.mtime,
-            _ => now_secs(),
+        // As for a file (see `written`): the answer's time of the object where it gives one.
+        let answered = a
+            .header("last-modified")
+            .and_then(parse_http_date)
+            .filter(|_| !etag.is_empty());
+        let mtime = match answered {
+            Some(t) => t,
+            None => match inner.head_link(path).await {
+                Ok(Some(h)) if h.etag == etag || etag.is_empty() => h.mtime,
+                _ => now_secs(),
+            },
         };
         let etag = if etag.is_empty() {
             inner
