@@ -307,8 +307,12 @@ fn mkdirs_under(root: &Path, rel: &str, give: impl Fn(&Path)) {
     for c in rel.split('/').filter(|c| !c.is_empty()) {
         p.push(c);
         if !p.exists() {
-            std::fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-            give(&p);
+            match std::fs::create_dir(&p) {
+                Ok(()) => give(&p),
+                // The mount made it meanwhile (a scenario racing a local mkdir with this one).
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
+                Err(e) => panic!("mkdir {}: {e}", p.display()),
+            }
         }
     }
 }
