@@ -1783,13 +1783,21 @@ impl Vfs {
             match self.remote_sha256(&m.path, &cur).await {
                 Ok(sha) if sha == m.sha256 => {
                     tracing::info!(path = %m.path, "an upload whose answer was lost landed at a name the drive no longer uses: removed");
-                    if let Err(e) = self
+                    match self
                         .inner
                         .provider
                         .delete(&m.path, Precondition::IfMatch(cur.version.clone()))
                         .await
                     {
-                        tracing::warn!(path = %m.path, error = %e, "could not remove a stray upload");
+                        Ok(()) | Err(ProviderError::NotFound(_)) => {}
+                        // Tried again by the next sweep: the record is all that knows of it.
+                        Err(e) if e.is_retryable() => {
+                            tracing::debug!(path = %m.path, error = %e, "a stray upload stays until the provider answers");
+                            lock(&self.inner.maybe_sent).push(m);
+                        }
+                        Err(e) => {
+                            tracing::warn!(path = %m.path, error = %e, "could not remove a stray upload");
+                        }
                     }
                 }
                 Ok(_) => {}
