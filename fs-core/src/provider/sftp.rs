@@ -164,6 +164,8 @@ const IN_FLIGHT: usize = 16;
 const PIECE: u64 = CHUNK * IN_FLIGHT as u64;
 /// Symlink targets read at once while listing.
 const READLINKS: usize = 16;
+/// How often a request waiting for its answer checks that its connection is still there.
+const CLOSED_CHECK: Duration = Duration::from_millis(250);
 
 const EXT_POSIX_RENAME: &str = "posix-rename@openssh.com";
 const EXT_FSYNC: &str = "fsync@openssh.com";
@@ -879,7 +881,21 @@ impl Cx {
         &self,
         f: impl Future<Output = std::result::Result<T, SftpError>>,
     ) -> std::result::Result<T, Fail> {
-        let r = match tokio::time::timeout(self.inner.cfg.request_timeout, f).await {
+        // The SFTP library can leave a request sent just as the connection went without an
+        // answer until its own timeout: a closed connection ends the wait at once, as lost.
+        let closed = async {
+            loop {
+                tokio::time::sleep(CLOSED_CHECK).await;
+                if !self.c.alive() {
+                    break;
+                }
+            }
+        };
+        let r = tokio::select! {
+            r = tokio::time::timeout(self.inner.cfg.request_timeout, f) => r,
+            () = closed => Ok(Err(SftpError::UnexpectedBehavior("the connection closed".into()))),
+        };
+        let r = match r {
             Err(_) => Err(Fail::TimedOut),
             Ok(Ok(v)) => Ok(v),
             Ok(Err(SftpError::Status(s))) => match s.status_code {
