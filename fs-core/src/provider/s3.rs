@@ -34,7 +34,8 @@
 //!   resumed from the byte reached with a new ranged, conditional `GET` (a few times). A read
 //!   that covers the whole object (from byte 0 to its end, as the drive's fetch of a file that
 //!   fits in one chunk does) is checked against the MD5 the ETag publishes (a single-part
-//!   upload's, not SSE-KMS or SSE-C): the last piece is handed out only once the bytes match,
+//!   upload's, not SSE-KMS or SSE-C), hashed on a thread of its own as the pieces are handed
+//!   out (at most [`VERIFY_BACKLOG`] pieces behind): the last piece is handed out only once the bytes match,
 //!   else the stream ends with a retryable error and nothing wrong is kept. A part of an object
 //!   has no published hash to check against (S3 has none per range).
 //! * `write`: up to [`MULTIPART_THRESHOLD`] (64 MiB), one `PUT` with `Content-Length`; larger
@@ -2776,14 +2777,23 @@ struct ReadState {
     verify: Option<Verify>,
 }
 
-/// The MD5 of a whole-object read, compared with the one the object's ETag publishes.
+/// The MD5 of a whole-object read, compared with the one the object's ETag publishes. It is
+/// computed on a thread of its own (MD5 runs at well under the speed of a local network), fed
+/// the pieces as they are handed out, at most [`VERIFY_BACKLOG`] pieces behind.
 struct Verify {
-    md5: Md5,
+    /// To the hashing thread; dropped at the end of the object.
+    pieces: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    /// The MD5 of what was fed, lowercase hex, once `pieces` is dropped.
+    done: Option<tokio::sync::oneshot::Receiver<String>>,
     /// The ETag's MD5, lowercase hex.
     expect: String,
     /// The object's size.
     total: u64,
 }
+
+/// Pieces of a whole-object read received but not hashed yet (each is what one socket read
+/// brought, tens of KiB).
+const VERIFY_BACKLOG: usize = 64;
 
 impl Verify {
     /// For the answer `headers` to a `GET` from byte `start` to `end` of the object at
@@ -2813,8 +2823,18 @@ impl Verify {
             return None;
         }
         let expect = etag_md5(std::str::from_utf8(version.as_bytes()).ok()?)?.to_ascii_lowercase();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(VERIFY_BACKLOG);
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let mut md5 = Md5::new();
+            while let Some(piece) = rx.blocking_recv() {
+                md5.update(&piece);
+            }
+            let _ = done_tx.send(hex(&md5.finalize()));
+        });
         Some(Verify {
-            md5: Md5::new(),
+            pieces: Some(tx),
+            done: Some(done),
             expect,
             total,
         })
@@ -2822,12 +2842,22 @@ impl Verify {
 
     /// Adds the piece that ends at `pos`; at the end of the object, `Err` with the MD5 received
     /// when it is not the one published.
-    fn feed(&mut self, piece: &[u8], pos: u64) -> std::result::Result<(), String> {
-        self.md5.update(piece);
+    async fn feed(&mut self, piece: &Bytes, pos: u64) -> std::result::Result<(), String> {
+        if let Some(tx) = &self.pieces {
+            if tx.send(piece.clone()).await.is_err() {
+                return Err("nothing (the hashing thread stopped)".into());
+            }
+        }
         if pos < self.total {
             return Ok(());
         }
-        let got = hex(&std::mem::take(&mut self.md5).finalize());
+        self.pieces = None;
+        let got = match self.done.take() {
+            Some(rx) => rx
+                .await
+                .unwrap_or_else(|_| "nothing (the hashing thread stopped)".into()),
+            None => "nothing (the object was already hashed)".into(),
+        };
         if got == self.expect {
             Ok(())
         } else {
@@ -2872,7 +2902,7 @@ impl ReadState {
                     }
                     self.pos += b.len() as u64;
                     if let Some(v) = self.verify.as_mut() {
-                        if let Err(got) = v.feed(&b, self.pos) {
+                        if let Err(got) = v.feed(&b, self.pos).await {
                             tracing::warn!(path = %self.path, expected = %v.expect, %got, "s3 read: the bytes received are not the object's (MD5 differs from its ETag)");
                             self.done = true;
                             let e = ProviderError::Other {
