@@ -1819,19 +1819,33 @@ async fn s3_conditional_writes_are_probed_and_honoured() {
 /// the bytes. (A part of an object has no published hash: S3 offers none per range.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_damaged_downloads_are_detected_against_the_etag_md5() {
-    use harness::proxy::{Fault, Proxy};
+    use harness::proxy::Proxy;
     let h = S3::new("damaged", None).await;
-    let data = data(300_000, 7);
-    let v = put(&h.provider, "f.bin", &data).await.version;
     let proxy = Proxy::start(harness::servers::s3().port);
     let mut cfg = s3_config(&h.bucket, "tree/root");
     cfg.endpoint = proxy.url();
     let via = S3Provider::new(cfg).unwrap();
+    // Hashed on the read path, and on a thread of its own (above 1 MiB).
+    for (name, n) in [("f.bin", 300_000u64), ("big.bin", 3 << 20)] {
+        damaged_download_detected(&h, &via, &proxy, name, n).await;
+    }
+}
+
+async fn damaged_download_detected(
+    h: &S3,
+    via: &S3Provider,
+    proxy: &harness::proxy::Proxy,
+    name: &str,
+    n: u64,
+) {
+    use harness::proxy::Fault;
+    let data = data(n as usize, 7);
+    let v = put(&h.provider, name, &data).await.version;
     // Honest network first: whole and ranged reads are right.
-    assert_eq!(read_all(&via, "f.bin", &v).await, data);
+    assert_eq!(read_all(via, name, &v).await, data);
     proxy.set(Fault::Corrupt);
-    for (off, len) in [(0, u64::MAX), (0, 300_000), (0, 1 << 20)] {
-        let s = via.read(&rp("f.bin"), &v, off, len).await.unwrap();
+    for (off, len) in [(0, u64::MAX), (0, n), (0, n + (1 << 20))] {
+        let s = via.read(&rp(name), &v, off, len).await.unwrap();
         match collect(s).await {
             Ok(got) => panic!(
                 "read {off}+{len} through a damaging network gave {} bytes ({})",
@@ -1846,7 +1860,7 @@ async fn s3_damaged_downloads_are_detected_against_the_etag_md5() {
         }
     }
     proxy.set(Fault::None);
-    assert_eq!(read_all(&via, "f.bin", &v).await, data);
+    assert_eq!(read_all(via, name, &v).await, data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

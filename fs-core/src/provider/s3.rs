@@ -34,8 +34,9 @@
 //!   resumed from the byte reached with a new ranged, conditional `GET` (a few times). A read
 //!   that covers the whole object (from byte 0 to its end, as the drive's fetch of a file that
 //!   fits in one chunk does) is checked against the MD5 the ETag publishes (a single-part
-//!   upload's, not SSE-KMS or SSE-C), hashed on a thread of its own as the pieces are handed
-//!   out (at most [`VERIFY_BACKLOG`] pieces behind): the last piece is handed out only once the bytes match,
+//!   upload's, not SSE-KMS or SSE-C), hashed as the pieces are handed out (above
+//!   [`VERIFY_INLINE_MAX`] on a thread of its own, at most [`VERIFY_BACKLOG`] pieces behind):
+//!   the last piece is handed out only once the bytes match,
 //!   else the stream ends with a retryable error and nothing wrong is kept. A part of an object
 //!   has no published hash to check against (S3 has none per range).
 //! * `write`: up to [`MULTIPART_THRESHOLD`] (64 MiB), one `PUT` with `Content-Length`; larger
@@ -2777,19 +2778,32 @@ struct ReadState {
     verify: Option<Verify>,
 }
 
-/// The MD5 of a whole-object read, compared with the one the object's ETag publishes. It is
-/// computed on a thread of its own (MD5 runs at well under the speed of a local network), fed
-/// the pieces as they are handed out, at most [`VERIFY_BACKLOG`] pieces behind.
+/// The MD5 of a whole-object read, compared with the one the object's ETag publishes.
 struct Verify {
-    /// To the hashing thread; dropped at the end of the object.
-    pieces: Option<tokio::sync::mpsc::Sender<Bytes>>,
-    /// The MD5 of what was fed, lowercase hex, once `pieces` is dropped.
-    done: Option<tokio::sync::oneshot::Receiver<String>>,
+    hash: Hashing,
     /// The ETag's MD5, lowercase hex.
     expect: String,
     /// The object's size.
     total: u64,
 }
+
+/// Where the MD5 of a whole-object read is computed.
+enum Hashing {
+    /// On the read path: objects of up to [`VERIFY_INLINE_MAX`], where handing the pieces to
+    /// another thread costs more than hashing them.
+    Inline(Md5),
+    /// On a thread of its own (MD5 runs at well under the speed of a local network), fed the
+    /// pieces as they are handed out, at most [`VERIFY_BACKLOG`] pieces behind.
+    Thread {
+        /// To the hashing thread; dropped at the end of the object.
+        pieces: Option<tokio::sync::mpsc::Sender<Bytes>>,
+        /// The MD5 of what was fed, lowercase hex, once `pieces` is dropped.
+        done: Option<tokio::sync::oneshot::Receiver<String>>,
+    },
+}
+
+/// Whole objects up to this size are hashed on the read path.
+const VERIFY_INLINE_MAX: u64 = 1 << 20;
 
 /// Pieces of a whole-object read received but not hashed yet (each is what one socket read
 /// brought, tens of KiB).
@@ -2823,18 +2837,25 @@ impl Verify {
             return None;
         }
         let expect = etag_md5(std::str::from_utf8(version.as_bytes()).ok()?)?.to_ascii_lowercase();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(VERIFY_BACKLOG);
-        let (done_tx, done) = tokio::sync::oneshot::channel();
-        tokio::task::spawn_blocking(move || {
-            let mut md5 = Md5::new();
-            while let Some(piece) = rx.blocking_recv() {
-                md5.update(&piece);
+        let hash = if total <= VERIFY_INLINE_MAX {
+            Hashing::Inline(Md5::new())
+        } else {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(VERIFY_BACKLOG);
+            let (done_tx, done) = tokio::sync::oneshot::channel();
+            tokio::task::spawn_blocking(move || {
+                let mut md5 = Md5::new();
+                while let Some(piece) = rx.blocking_recv() {
+                    md5.update(&piece);
+                }
+                let _ = done_tx.send(hex(&md5.finalize()));
+            });
+            Hashing::Thread {
+                pieces: Some(tx),
+                done: Some(done),
             }
-            let _ = done_tx.send(hex(&md5.finalize()));
-        });
+        };
         Some(Verify {
-            pieces: Some(tx),
-            done: Some(done),
+            hash,
             expect,
             total,
         })
@@ -2843,20 +2864,30 @@ impl Verify {
     /// Adds the piece that ends at `pos`; at the end of the object, `Err` with the MD5 received
     /// when it is not the one published.
     async fn feed(&mut self, piece: &Bytes, pos: u64) -> std::result::Result<(), String> {
-        if let Some(tx) = &self.pieces {
-            if tx.send(piece.clone()).await.is_err() {
-                return Err("nothing (the hashing thread stopped)".into());
+        const STOPPED: &str = "nothing (the hashing thread stopped)";
+        match &mut self.hash {
+            Hashing::Inline(md5) => md5.update(piece),
+            Hashing::Thread {
+                pieces: Some(tx), ..
+            } => {
+                if tx.send(piece.clone()).await.is_err() {
+                    return Err(STOPPED.into());
+                }
             }
+            Hashing::Thread { pieces: None, .. } => {}
         }
         if pos < self.total {
             return Ok(());
         }
-        self.pieces = None;
-        let got = match self.done.take() {
-            Some(rx) => rx
-                .await
-                .unwrap_or_else(|_| "nothing (the hashing thread stopped)".into()),
-            None => "nothing (the object was already hashed)".into(),
+        let got = match &mut self.hash {
+            Hashing::Inline(md5) => hex(&std::mem::take(md5).finalize()),
+            Hashing::Thread { pieces, done } => {
+                *pieces = None;
+                match done.take() {
+                    Some(rx) => rx.await.unwrap_or_else(|_| STOPPED.into()),
+                    None => "nothing (the object was already hashed)".into(),
+                }
+            }
         };
         if got == self.expect {
             Ok(())
