@@ -73,7 +73,8 @@
 //! # Checks before a write
 //!
 //! A small file costs two requests where nothing is in the way: the listing below and the `PUT`
-//! (an untar of many small files goes at the rate the server answers requests).
+//! (an untar of many small files goes at the rate the server answers requests); into a folder
+//! this provider made, the `PUT` alone (see "Folders made here").
 //!
 //! * At the name: one `ListObjectsV2` with `prefix=<key>`, delimiter `/` and at most
 //!   [`NAME_PROBE_KEYS`] keys shows the file `<key>`, the link object `<key>.rclonelink` and
@@ -98,6 +99,17 @@
 //!   file, both kept, where the drive would otherwise have moved the file aside and made the
 //!   folder again (a conflict). Removing, renaming or putting a file over a folder through this
 //!   provider ends the window for it at once.
+//! * Folders made here: a folder this provider made (its `mkdir`'s check found nothing under
+//!   it) has a view of its names ([`names`]): empty at first, renewed by one listing of the
+//!   folder (one page, up to 1000 names) once older than [`DIR_SEEN_TTL`], and every name this
+//!   provider writes, removes or moves in it is noted before the request goes. A write, `mkdir`
+//!   or `symlink` at a name the fresh view has no entry for needs no listing at the name (the
+//!   folder is there, nothing is at the name); a name the view holds other than as a file this
+//!   provider wrote is checked as above. The window: what another tool puts in such a folder
+//!   is seen within [`DIR_SEEN_TTL`]; a folder or link it makes at a name in that time ends up
+//!   beside the file written there (both kept, as above; a file it puts there is still caught
+//!   by `If-None-Match`). A folder with more than one page of names, or made by another tool,
+//!   is checked name by name.
 //! * After the `PUT`: the entry's time is the `Last-Modified` of the `PUT`'s answer, the time
 //!   the server gave the object (moto sends it); a server that sends none (AWS) is asked with a
 //!   `HEAD`, since the answer's `Date` may be a second later than the object's time that a
@@ -168,9 +180,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::{digest, hmac};
+
+mod names;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
+use names::{FolderNames, Lookup, Named, FOLDER_NAMES_MAX};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
@@ -1172,6 +1187,8 @@ struct AtName {
     dir: bool,
     /// Keys found beginning with `name` at all: they lie in the parent, which is a folder.
     parent_seen: bool,
+    /// When the request this comes from was sent.
+    as_of: Instant,
 }
 
 /// What a `HEAD` of a file says.
@@ -1196,6 +1213,8 @@ struct Inner {
     /// Folders this provider wrote a key under, and when it sent that request (see
     /// [`DIR_SEEN_TTL`]).
     dirs_seen: Mutex<std::collections::HashMap<RemotePath, Instant>>,
+    /// The names in the folders this provider made (see [`names`]).
+    names: Mutex<FolderNames>,
 }
 
 /// An S3 bucket (and prefix) as the remote. See the module documentation.
@@ -1295,6 +1314,7 @@ impl S3Provider {
                 conditions: tokio::sync::OnceCell::new(),
                 probe_state: AtomicU8::new(PROBE_UNKNOWN),
                 dirs_seen: Mutex::default(),
+                names: Mutex::default(),
             }),
         })
     }
@@ -1326,6 +1346,7 @@ impl S3Provider {
             conditions: tokio::sync::OnceCell::new(),
             probe_state: AtomicU8::new(PROBE_UNKNOWN),
             dirs_seen: Mutex::default(),
+            names: Mutex::default(),
         });
         change(&mut inner);
         S3Provider {
@@ -1659,18 +1680,23 @@ impl Inner {
     /// link and the folder unless siblings sorting between them (`p.txt`, `p-2`, …) fill it
     /// first: what a truncated page could not show is then asked for on its own.
     async fn at_name(&self, p: &RemotePath) -> Result<AtName> {
+        if let Some(at) = self.at_name_known(p).await? {
+            return Ok(at);
+        }
         let key = self.key(p);
         let link_key = self.link_key(p);
         let dir_key = format!("{key}/");
         let max = self
             .page_size
             .map_or(NAME_PROBE_KEYS, |n| n.min(NAME_PROBE_KEYS));
+        let as_of = Instant::now();
         let page = self.list_raw(p, &key, true, None, Some(max)).await?;
         let mut at = AtName {
             file: page.contents.iter().any(|o| o.key == key),
             link: page.contents.iter().any(|o| o.key == link_key),
             dir: page.common_prefixes.iter().any(|c| c.prefix == dir_key),
             parent_seen: !page.contents.is_empty() || !page.common_prefixes.is_empty(),
+            as_of,
         };
         if page.is_truncated {
             // The page holds every name up to the last it lists.
@@ -1702,6 +1728,70 @@ impl Inner {
             at.dir = dir?;
         }
         Ok(at)
+    }
+
+    /// What is at the name of `p` by the view of its folder, where this provider made that
+    /// folder (see [`names`]): one listing of the folder when the view is older than
+    /// [`DIR_SEEN_TTL`], in place of one at each name. `None`: check the name itself.
+    async fn at_name_known(&self, p: &RemotePath) -> Result<Option<AtName>> {
+        let known = |l: Lookup| {
+            let (file, as_of) = match l {
+                Lookup::Free(t) => (false, t),
+                Lookup::File(t) => (true, t),
+                Lookup::Unknown | Lookup::Refresh(_) => return None,
+            };
+            Some(AtName {
+                file,
+                link: false,
+                dir: false,
+                parent_seen: true,
+                as_of,
+            })
+        };
+        let ticket = match self.names().lookup(p) {
+            Lookup::Refresh(t) => t,
+            l => return Ok(known(l)),
+        };
+        let Some(dir) = p.parent() else {
+            return Ok(None);
+        };
+        let asked = Instant::now();
+        let prefix = self.dir_prefix(&dir);
+        let max = self
+            .page_size
+            .map_or(FOLDER_NAMES_MAX, |n| n.min(FOLDER_NAMES_MAX));
+        let page = match self.list_raw(&dir, &prefix, true, None, Some(max)).await {
+            Ok(page) => page,
+            Err(e) => {
+                self.names().refresh_failed(&dir, ticket);
+                return Err(e);
+            }
+        };
+        let mut listed = Vec::with_capacity(page.contents.len() + page.common_prefixes.len());
+        for o in &page.contents {
+            let Some(name) = o.key.strip_prefix(&prefix).filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            if let Some(stem) = name.strip_suffix(LINK_SUFFIX) {
+                listed.push((stem.to_string(), Named::Maybe));
+                listed.push((name.to_string(), Named::Maybe));
+            } else {
+                listed.push((name.to_string(), Named::File));
+            }
+        }
+        for c in &page.common_prefixes {
+            if let Some(name) = c.prefix.strip_prefix(&prefix) {
+                listed.push((name.trim_end_matches('/').to_string(), Named::Maybe));
+            }
+        }
+        let anything = !page.contents.is_empty() || !page.common_prefixes.is_empty();
+        let mut names = self.names();
+        names.refreshed(&dir, ticket, asked, listed, anything, !page.is_truncated);
+        Ok(known(names.known(p)))
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, FolderNames> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether this provider wrote a key under folder `d` (or found it there before a write)
@@ -1737,6 +1827,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|d, _| !d.starts_with(p));
+        self.names().forget(p);
     }
 
     /// The conditional headers the server honours, probed once.
@@ -2450,6 +2541,7 @@ impl Inner {
         if over_link {
             self.delete_key(path, &self.link_key(path)).await?;
         }
+        self.names().note(path, Named::File);
         // The server's time of the new object, so that the entry equals a later `stat`: the
         // `PUT` answer's `Last-Modified` where the server sends one (moto does), else a `HEAD`
         // (AWS's answer has none, and its `Date` is the answer's time, not the object's).
@@ -3151,6 +3243,7 @@ impl Provider for S3Provider {
         if here.link && matches!(pre, Precondition::IfNotExists) {
             return Err(ProviderError::AlreadyExists(path.clone()));
         }
+        inner.names().note(path, Named::Maybe);
         if len > inner.multipart_threshold {
             let etag = write_multipart(inner, path, body, len, &pre).await?;
             return inner
@@ -3279,6 +3372,7 @@ impl Provider for S3Provider {
         if let Some(parent) = path.parent() {
             inner.keep_dir(&parent).await?;
         }
+        inner.names().note(path, Named::Maybe);
         inner.delete_key_if(path, &key, Some(&h.etag)).await
     }
 
@@ -3300,9 +3394,11 @@ impl Provider for S3Provider {
         let marker = inner.dir_prefix(path);
         let mut req = Request::new(Method::PUT, Some(&marker))
             .header("content-md5", base64(&Md5::digest(b"")));
-        if inner.conditions().await?.if_none_match {
+        let if_none_match = inner.conditions().await?.if_none_match;
+        if if_none_match {
             req = req.header("if-none-match", "*");
         }
+        inner.names().note(path, Named::Maybe);
         let a = inner.client.call(req).await?;
         match a.status.as_u16() {
             s if (200..300).contains(&s) => {
@@ -3310,6 +3406,11 @@ impl Provider for S3Provider {
                     inner.saw_dir(&parent, started);
                 }
                 inner.saw_dir(path, started);
+                // Empty as of the check above, which found nothing under it; the marker's
+                // `PUT` would have found another marker, where the server honours that.
+                if if_none_match {
+                    inner.names().made(path, here.as_of);
+                }
                 Ok(dir_entry(path.name()))
             }
             412 | 409 => Err(ProviderError::AlreadyExists(path.clone())),
@@ -3369,6 +3470,9 @@ impl Provider for S3Provider {
         if from == to {
             return Ok(src);
         }
+        // What was at either name, or under it, is to be checked again.
+        inner.names().forget(from);
+        inner.names().forget(to);
         if src.kind == EntryKind::Dir {
             if inner.head(to).await?.is_some() || inner.head_link(to).await?.is_some() {
                 return Err(if replace {
@@ -3454,6 +3558,7 @@ impl Provider for S3Provider {
             inner.check_parent(path).await?;
         }
         let key = inner.link_key(path);
+        inner.names().note(path, Named::Maybe);
         let data = Bytes::copy_from_slice(target.as_bytes());
         let mut req = Request::new(Method::PUT, Some(&key))
             .header("content-md5", base64(&Md5::digest(&data)));
