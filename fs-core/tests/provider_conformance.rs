@@ -1982,14 +1982,14 @@ async fn s3_directory_rename_cut_short_finishes_when_run_again() {
 }
 
 /// What a small write costs, from the S3 server's own log. Into a folder this provider made:
-/// the `PUT` alone, and one listing of the folder per `DIR_SEEN_TTL` in place of a listing at
+/// the `PUT` alone, and one listing of the folder per `NAMES_TTL` in place of a listing at
 /// each name (is a folder or a link there?). Into a folder made by another tool: a listing at
 /// the name and the `PUT`. Nothing after it (the `PUT`'s answer gives the object's time), and no
 /// check of a folder this provider wrote into less than `DIR_SEEN_TTL` ago. The untar of many
 /// small files goes at the rate the server answers requests, so this is its speed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_small_writes_take_one_put_each() {
-    use fs_core::provider::s3::DIR_SEEN_TTL;
+    use fs_core::provider::s3::NAMES_TTL;
     let h = S3::new("small-writes", None).await;
     let p = &h.provider;
     let server = harness::servers::s3();
@@ -2023,7 +2023,7 @@ async fn s3_small_writes_take_one_put_each() {
         .await
         .unwrap();
     }
-    let periods = (t0.elapsed().as_secs_f64() / DIR_SEEN_TTL.as_secs_f64()).ceil() as usize;
+    let periods = (t0.elapsed().as_secs_f64() / NAMES_TTL.as_secs_f64()).ceil() as usize;
     let reqs = server.requests(&bucket)[before..].to_vec();
     let folder = "prefix=tree%2Froot%2Fd%2F";
     let listings = reqs.iter().filter(|r| r.contains("list-type=2")).count();
@@ -2033,7 +2033,7 @@ async fn s3_small_writes_take_one_put_each() {
         .count();
     let puts = reqs.iter().filter(|r| r.starts_with("PUT ")).count();
     assert_eq!(puts, 15, "{reqs:#?}");
-    // Only a run slower than DIR_SEEN_TTL lists the folder again (once per period).
+    // Only a run slower than NAMES_TTL lists the folder again (once per period).
     assert_eq!(listings, of_folder, "no listing at a name: {reqs:#?}");
     assert!(of_folder < periods, "{periods} periods: {reqs:#?}");
     assert_eq!(reqs.len(), puts + listings, "{reqs:#?}");
@@ -2061,13 +2061,14 @@ async fn s3_small_writes_take_one_put_each() {
 }
 
 /// A folder this provider made is known by its view, renewed by one listing of the folder once
-/// older than `DIR_SEEN_TTL`: what another tool put in it by then is seen (a folder, a link, a
+/// older than its time to live (`NAMES_TTL`, 2 s here): what another tool put in it by then is seen (a folder, a link, a
 /// file) and the write is checked against it, while a name the listing shows free needs no
 /// request of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_a_folder_made_here_is_listed_again_once_its_view_is_old() {
-    use fs_core::provider::s3::DIR_SEEN_TTL;
-    let h = S3::new("folder-views", None).await;
+    const TTL: Duration = Duration::from_secs(2);
+    let mut h = S3::new("folder-views", None).await;
+    h.provider = h.provider.with_names_ttl(TTL);
     let p = &h.provider;
     let server = harness::servers::s3();
     let bucket = bucket_of(&h);
@@ -2077,7 +2078,7 @@ async fn s3_a_folder_made_here_is_listed_again_once_its_view_is_old() {
     h.raw.put_raw("v/theirs", b"theirs").await.unwrap();
     h.raw.mkdir(&rp("v/dir")).await.unwrap();
     h.raw.symlink(&rp("v/link"), "target").await.unwrap();
-    tokio::time::sleep(DIR_SEEN_TTL).await;
+    tokio::time::sleep(TTL).await;
     let w = |path: &'static str, pre: Precondition| async move {
         p.write(&rp(path), body(b"data", 3), 4, pre, ObjectAttrs::default())
             .await
@@ -2111,7 +2112,7 @@ async fn s3_a_folder_made_here_is_listed_again_once_its_view_is_old() {
     let before = server.requests(&bucket).len();
     w("v/new", Precondition::IfNotExists).await.unwrap();
     let reqs = server.requests(&bucket)[before..].to_vec();
-    if t0.elapsed() < DIR_SEEN_TTL {
+    if t0.elapsed() < TTL {
         assert_eq!(reqs.len(), 1, "{reqs:#?}");
     }
     assert_eq!(h.file("v/new").unwrap(), b"data");

@@ -146,7 +146,7 @@ fn a_change_made_by_another_client_shows_after_the_poll() {
 
 /// What an upload of small files into a folder the drive made costs the server, from its own
 /// log: the `PUT` of each file, and a listing of the folder (is a folder or a link at a name?)
-/// once the provider's view of it is older than `DIR_SEEN_TTL`, instead of a listing at each
+/// once the provider's view of it is older than `NAMES_TTL`, instead of a listing at each
 /// name. An untar of many small files goes at the rate the server answers requests, so more per
 /// file is a slowdown.
 #[test]
@@ -172,7 +172,7 @@ fn small_files_are_uploaded_with_one_request_each() {
     assert_eq!(puts, N, "{reqs:#?}");
     let at_names = reqs.iter().filter(|r| r.contains("prefix=a%2Ff")).count();
     assert_eq!(at_names, 0, "no listing at a name: {reqs:#?}");
-    // Besides: listings of the folder, one each DIR_SEEN_TTL at most (a few at once when
+    // Besides: listings of the folder, one each NAMES_TTL at most (a few at once when
     // parallel uploads find the view old together).
     assert!(reqs.len() <= N + 4, "{} requests: {reqs:#?}", reqs.len());
     for i in [0, N - 1] {

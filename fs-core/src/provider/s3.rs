@@ -101,12 +101,13 @@
 //!   provider ends the window for it at once.
 //! * Folders made here: a folder this provider made (its `mkdir`'s check found nothing under
 //!   it) has a view of its names ([`names`]): empty at first, renewed by one listing of the
-//!   folder (one page, up to 1000 names) once older than [`DIR_SEEN_TTL`], and every name this
+//!   folder (one page, up to 1000 names) once older than [`NAMES_TTL`] (60 s, the drive's
+//!   default poll interval: another tool's change is not seen sooner by the drive either), and every name this
 //!   provider writes, removes or moves in it is noted before the request goes. A write, `mkdir`
 //!   or `symlink` at a name the fresh view has no entry for needs no listing at the name (the
 //!   folder is there, nothing is at the name); a name the view holds other than as a file this
 //!   provider wrote is checked as above. The window: what another tool puts in such a folder
-//!   is seen within [`DIR_SEEN_TTL`]; a folder or link it makes at a name in that time ends up
+//!   is seen within [`NAMES_TTL`]; a folder or link it makes at a name in that time ends up
 //!   beside the file written there (both kept, as above; a file it puts there is still caught
 //!   by `If-None-Match`). A folder with more than one page of names, or made by another tool,
 //!   is checked name by name.
@@ -185,6 +186,7 @@ mod names;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
+pub use names::NAMES_TTL;
 use names::{FolderNames, Lookup, Named, FOLDER_NAMES_MAX};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -1314,9 +1316,15 @@ impl S3Provider {
                 conditions: tokio::sync::OnceCell::new(),
                 probe_state: AtomicU8::new(PROBE_UNKNOWN),
                 dirs_seen: Mutex::default(),
-                names: Mutex::default(),
+                names: Mutex::new(FolderNames::new(NAMES_TTL)),
             }),
         })
+    }
+
+    /// Takes a listing of a folder this provider made as its names for `ttl` instead of
+    /// [`NAMES_TTL`]; for tests of the renewal.
+    pub fn with_names_ttl(self, ttl: Duration) -> Self {
+        self.with_inner(|inner| inner.names = Mutex::new(FolderNames::new(ttl)))
     }
 
     /// Lists in pages of at most `n` keys (S3's default and maximum is 1000); for tests of
@@ -1346,7 +1354,7 @@ impl S3Provider {
             conditions: tokio::sync::OnceCell::new(),
             probe_state: AtomicU8::new(PROBE_UNKNOWN),
             dirs_seen: Mutex::default(),
-            names: Mutex::default(),
+            names: Mutex::new(FolderNames::new(NAMES_TTL)),
         });
         change(&mut inner);
         S3Provider {
@@ -1732,7 +1740,7 @@ impl Inner {
 
     /// What is at the name of `p` by the view of its folder, where this provider made that
     /// folder (see [`names`]): one listing of the folder when the view is older than
-    /// [`DIR_SEEN_TTL`], in place of one at each name. `None`: check the name itself.
+    /// [`NAMES_TTL`], in place of one at each name. `None`: check the name itself.
     async fn at_name_known(&self, p: &RemotePath) -> Result<Option<AtName>> {
         let known = |l: Lookup| {
             let (file, as_of) = match l {

@@ -4,20 +4,24 @@
 //!
 //! A folder's view starts empty when this provider makes the folder (the check before the
 //! `mkdir` found nothing under it), and is renewed by one listing of the folder once it is
-//! older than [`DIR_SEEN_TTL`]. A name is in a view when that listing showed it, or when this
+//! older than its time to live ([`NAMES_TTL`], the drive's default poll interval: what another
+//! tool changes is seen by the drive within as long anyway). A name is in a view when that listing showed it, or when this
 //! provider changed something at it since (noted before the request is sent, so a listing
 //! that raced the change cannot drop it). A name in no fresh view is taken as free: nothing at
 //! it, neither file, link nor folder. A name noted as a file is a file this provider wrote and
 //! has not touched since (or the listing showed only that object); every other name present
 //! is [`Named::Maybe`], which sends the write to the full check. Only what the provider itself
-//! did, and what a listing less than [`DIR_SEEN_TTL`] old showed, is ever taken on trust.
+//! did, and what a listing younger than the time to live showed, is ever taken on trust.
 //!
 //! Pure bookkeeping; the caller holds it under a mutex, never across an `.await`.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::{RemotePath, DIRS_SEEN_MAX, DIR_SEEN_TTL};
+use super::{RemotePath, DIRS_SEEN_MAX};
+
+/// How long a listing of a folder made here stands for the folder's names.
+pub const NAMES_TTL: Duration = Duration::from_secs(60);
 
 /// Names one view holds at most: one listing page. A folder with more is checked name by
 /// name.
@@ -58,19 +62,30 @@ struct View {
 }
 
 /// The views of the folders this provider made, by folder.
-#[derive(Default)]
 pub(super) struct FolderNames {
     views: HashMap<RemotePath, View>,
     generations: u64,
+    ttl: Duration,
 }
 
 impl FolderNames {
+    /// Views that stand for `ttl` after their listing.
+    pub(super) fn new(ttl: Duration) -> Self {
+        FolderNames {
+            views: HashMap::new(),
+            generations: 0,
+            ttl,
+        }
+    }
+
     /// This provider made folder `dir` with a request sent at `at`, after a check (sent
     /// before) found nothing under it.
     pub(super) fn made(&mut self, dir: &RemotePath, at: Instant) {
         if self.views.len() >= DIRS_SEEN_MAX {
             // Dropping a view is always safe: it only makes writes check again.
-            self.views.retain(|_, v| v.refreshing || fresh(v.taken));
+            let ttl = self.ttl;
+            self.views
+                .retain(|_, v| v.refreshing || v.taken.is_some_and(|t| t.elapsed() < ttl));
             if self.views.len() >= DIRS_SEEN_MAX {
                 self.views.clear();
             }
@@ -99,13 +114,14 @@ impl FolderNames {
     }
 
     fn look(&mut self, path: &RemotePath, may_refresh: bool) -> Lookup {
+        let ttl = self.ttl;
         let Some(v) = path.parent().and_then(|d| self.views.get_mut(&d)) else {
             return Lookup::Unknown;
         };
         let Some(taken) = v.taken else {
             return Lookup::Unknown;
         };
-        if !fresh(v.taken) {
+        if taken.elapsed() >= ttl {
             if v.refreshing || !may_refresh {
                 return Lookup::Unknown;
             }
@@ -197,13 +213,11 @@ impl FolderNames {
     }
 }
 
-fn fresh(taken: Option<Instant>) -> bool {
-    taken.is_some_and(|t| t.elapsed() < DIR_SEEN_TTL)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TTL: Duration = Duration::from_secs(2);
 
     fn rp(s: &str) -> RemotePath {
         RemotePath::parse(s).unwrap()
@@ -211,7 +225,7 @@ mod tests {
 
     #[test]
     fn a_folder_made_here_knows_its_names_until_it_is_old() {
-        let mut n = FolderNames::default();
+        let mut n = FolderNames::new(TTL);
         assert_eq!(
             n.lookup(&rp("d/a")),
             Lookup::Unknown,
@@ -227,7 +241,7 @@ mod tests {
         assert_eq!(n.lookup(&rp("d/a")), Lookup::Unknown, "removed, or not");
         assert_eq!(n.lookup(&rp("d/e/x")), Lookup::Unknown, "a folder below");
 
-        let old = Instant::now() - DIR_SEEN_TTL;
+        let old = Instant::now() - TTL;
         n.made(&rp("o"), old);
         n.note(&rp("o/a"), Named::Maybe);
         let Lookup::Refresh(ticket) = n.lookup(&rp("o/b")) else {
@@ -255,8 +269,8 @@ mod tests {
 
     #[test]
     fn a_listing_never_makes_a_changed_name_look_like_a_plain_file() {
-        let mut n = FolderNames::default();
-        n.made(&rp("d"), Instant::now() - DIR_SEEN_TTL);
+        let mut n = FolderNames::new(TTL);
+        n.made(&rp("d"), Instant::now() - TTL);
         n.note(&rp("d/a"), Named::Maybe);
         let Lookup::Refresh(t) = n.lookup(&rp("d/a")) else {
             panic!()
@@ -274,8 +288,8 @@ mod tests {
 
     #[test]
     fn views_are_dropped_when_their_folder_goes_or_grows() {
-        let mut n = FolderNames::default();
-        let old = Instant::now() - DIR_SEEN_TTL;
+        let mut n = FolderNames::new(TTL);
+        let old = Instant::now() - TTL;
         n.made(&rp("d"), old);
         n.made(&rp("d/e"), Instant::now());
         n.made(&rp("big"), old);
@@ -321,7 +335,7 @@ mod tests {
 
     #[test]
     fn too_many_names_end_the_view() {
-        let mut n = FolderNames::default();
+        let mut n = FolderNames::new(TTL);
         n.made(&rp("d"), Instant::now());
         for i in 0..=FOLDER_NAMES_MAX {
             n.note(&rp(&format!("d/f{i}")), Named::File);
