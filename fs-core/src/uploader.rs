@@ -76,6 +76,9 @@ pub(crate) struct Queue {
     by_ancestor: HashMap<String, BTreeSet<Lsn>>,
     /// Queued records changing the entries of each directory (all but attribute changes).
     by_parent: HashMap<String, BTreeSet<Lsn>>,
+    /// Queued records of each node: what else is queued for a node is found without a scan of
+    /// the queue (an untar queues tens of thousands of records, and each upload asks).
+    by_node: HashMap<NodeId, BTreeSet<Lsn>>,
     /// Entries not in flight and not ready yet, by the moment they become ready (write-back
     /// delay, retry backoff).
     waiting: BTreeSet<(Instant, Lsn)>,
@@ -119,6 +122,7 @@ impl Queue {
                     .insert(lsn);
             }
         }
+        self.by_node.entry(rec.node()).or_default().insert(lsn);
         self.waiting.insert((ready, lsn));
         self.entries.insert(
             lsn,
@@ -159,10 +163,33 @@ impl Queue {
             .collect()
     }
 
+    /// The records of `node` queued after `lsn`, in log order.
+    fn node_after(&self, lsn: Lsn, node: NodeId) -> impl Iterator<Item = (Lsn, &Entry)> {
+        self.by_node
+            .get(&node)
+            .into_iter()
+            .flat_map(move |s| s.range(lsn + 1..))
+            .filter_map(|l| self.entries.get(l).map(|e| (*l, e)))
+    }
+
+    /// Whether a record queued after `lsn` names `p` itself.
+    fn at_path_after(&self, lsn: Lsn, p: &str) -> impl Iterator<Item = &Entry> {
+        self.by_path
+            .get(p)
+            .into_iter()
+            .flat_map(move |s| s.range(lsn + 1..))
+            .filter_map(|l| self.entries.get(l))
+    }
+
     /// The contents of the commits of `node` queued after `lsn`, with their `rebased` flags.
     fn later_commits(&mut self, lsn: Lsn, node: NodeId) -> (Vec<&mut Content>, Vec<&mut bool>) {
+        let mut theirs = self.node_after(lsn, node).map(|(l, _)| l);
+        let Some(first) = theirs.next() else {
+            return (Vec::new(), Vec::new());
+        };
+        let last = theirs.last().unwrap_or(first);
         self.entries
-            .range_mut(lsn + 1..)
+            .range_mut(first..=last)
             .filter_map(|(_, e)| {
                 let Entry { rec, rebased, .. } = e;
                 match rec {
@@ -177,14 +204,15 @@ impl Queue {
 
     /// Whether a record after `lsn` puts something new at `path`.
     fn recreated_after(&self, lsn: Lsn, path: &RemotePath) -> bool {
-        self.entries.range(lsn + 1..).any(|(_, e)| match &e.rec {
-            Record::Create { path: p, .. }
-            | Record::Mkdir { path: p, .. }
-            | Record::Symlink { path: p, .. }
-            | Record::Commit { path: p, .. } => p == path,
-            Record::Rename { to, .. } => to == path,
-            _ => false,
-        })
+        self.at_path_after(lsn, path.as_str())
+            .any(|e| match &e.rec {
+                Record::Create { path: p, .. }
+                | Record::Mkdir { path: p, .. }
+                | Record::Symlink { path: p, .. }
+                | Record::Commit { path: p, .. } => p == path,
+                Record::Rename { to, .. } => to == path,
+                _ => false,
+            })
     }
 
     fn recovered(&self, lsn: Lsn) -> bool {
@@ -201,12 +229,15 @@ impl Queue {
 
     /// Whether a record after `lsn` touches `path`, an ancestor or a descendant of it.
     fn touched_after(&self, lsn: Lsn, path: &RemotePath) -> bool {
-        self.entries.range(lsn + 1..).any(|(_, e)| {
-            e.rec
-                .paths()
-                .iter()
-                .any(|p| path.starts_with(p) || p.starts_with(path))
-        })
+        let later = |m: &HashMap<String, BTreeSet<Lsn>>, k: &str| {
+            m.get(k)
+                .and_then(|s| s.last())
+                .is_some_and(|last| *last > lsn)
+        };
+        let p = path.as_str();
+        later(&self.by_path, p)
+            || later(&self.by_ancestor, p)
+            || ancestors(p).any(|a| later(&self.by_path, a))
     }
 
     pub fn len(&self) -> usize {
@@ -241,9 +272,8 @@ impl Queue {
     /// Whether a record after `lsn` supersedes the commit at `lsn` (a later commit or removal of
     /// the same node).
     fn superseded(&self, lsn: Lsn, node: NodeId) -> bool {
-        self.entries.range(lsn + 1..).any(|(_, e)| {
-            e.rec.node() == node && matches!(e.rec, Record::Commit { .. } | Record::Remove { .. })
-        })
+        self.node_after(lsn, node)
+            .any(|(_, e)| matches!(e.rec, Record::Commit { .. } | Record::Remove { .. }))
     }
 
     /// Whether a queued record names `dir` or an entry of it.
@@ -366,6 +396,12 @@ impl Queue {
                     }
                 }
             };
+            if let Some(s) = self.by_node.get_mut(&e.rec.node()) {
+                s.remove(&lsn);
+                if s.is_empty() {
+                    self.by_node.remove(&e.rec.node());
+                }
+            }
             for p in e.rec.paths() {
                 let p = p.as_str();
                 unindex(&mut self.by_path, p);
@@ -735,7 +771,11 @@ impl Vfs {
         let mut needed_dirty = BTreeSet::new();
         // Cached copies of base chunks that queued commits still read.
         let mut queued_alias = BTreeSet::new();
-        for (_, e) in q.entries.iter().filter(|(l, _)| **l != lsn) {
+        let theirs = q.by_node.get(&node).into_iter().flatten();
+        for e in theirs
+            .filter(|l| **l != lsn)
+            .filter_map(|l| q.entries.get(l))
+        {
             if let Record::Commit {
                 node: n, content, ..
             } = &e.rec
