@@ -96,6 +96,20 @@ fn parent_of(p: &str) -> Option<&str> {
     Some(p.rfind('/').map_or("", |i| &p[..i]))
 }
 
+/// Takes `lsn` off `index` under `key`, and the key with its last record.
+fn unindex<K, Q>(index: &mut HashMap<K, BTreeSet<Lsn>>, key: &Q, lsn: Lsn)
+where
+    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if let Some(s) = index.get_mut(key) {
+        s.remove(&lsn);
+        if s.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
 /// The proper ancestors of a remote path, the root (`""`) included: `a/b/c` → `a`, `a/b`, `""`.
 fn ancestors(p: &str) -> impl Iterator<Item = &str> {
     p.match_indices('/')
@@ -163,22 +177,20 @@ impl Queue {
             .collect()
     }
 
-    /// The records of `node` queued after `lsn`, in log order.
-    fn node_after(&self, lsn: Lsn, node: NodeId) -> impl Iterator<Item = (Lsn, &Entry)> {
-        self.by_node
-            .get(&node)
-            .into_iter()
+    /// The records of `lsns` (an index's set) queued after `lsn`, in log order.
+    fn after<'a>(
+        &'a self,
+        lsns: Option<&'a BTreeSet<Lsn>>,
+        lsn: Lsn,
+    ) -> impl Iterator<Item = (Lsn, &'a Entry)> + 'a {
+        lsns.into_iter()
             .flat_map(move |s| s.range(lsn + 1..))
             .filter_map(|l| self.entries.get(l).map(|e| (*l, e)))
     }
 
-    /// Whether a record queued after `lsn` names `p` itself.
-    fn at_path_after(&self, lsn: Lsn, p: &str) -> impl Iterator<Item = &Entry> {
-        self.by_path
-            .get(p)
-            .into_iter()
-            .flat_map(move |s| s.range(lsn + 1..))
-            .filter_map(|l| self.entries.get(l))
+    /// The records of `node` queued after `lsn`, in log order.
+    fn node_after(&self, lsn: Lsn, node: NodeId) -> impl Iterator<Item = (Lsn, &Entry)> {
+        self.after(self.by_node.get(&node), lsn)
     }
 
     /// The contents of the commits of `node` queued after `lsn`, with their `rebased` flags.
@@ -204,8 +216,8 @@ impl Queue {
 
     /// Whether a record after `lsn` puts something new at `path`.
     fn recreated_after(&self, lsn: Lsn, path: &RemotePath) -> bool {
-        self.at_path_after(lsn, path.as_str())
-            .any(|e| match &e.rec {
+        self.after(self.by_path.get(path.as_str()), lsn)
+            .any(|(_, e)| match &e.rec {
                 Record::Create { path: p, .. }
                 | Record::Mkdir { path: p, .. }
                 | Record::Symlink { path: p, .. }
@@ -388,28 +400,15 @@ impl Queue {
                 let at = e.retry_at.unwrap_or(e.ready);
                 self.waiting.remove(&(at, lsn));
             }
-            let unindex = |m: &mut HashMap<String, BTreeSet<Lsn>>, k: &str| {
-                if let Some(s) = m.get_mut(k) {
-                    s.remove(&lsn);
-                    if s.is_empty() {
-                        m.remove(k);
-                    }
-                }
-            };
-            if let Some(s) = self.by_node.get_mut(&e.rec.node()) {
-                s.remove(&lsn);
-                if s.is_empty() {
-                    self.by_node.remove(&e.rec.node());
-                }
-            }
+            unindex(&mut self.by_node, &e.rec.node(), lsn);
             for p in e.rec.paths() {
                 let p = p.as_str();
-                unindex(&mut self.by_path, p);
+                unindex(&mut self.by_path, p, lsn);
                 for a in ancestors(p) {
-                    unindex(&mut self.by_ancestor, a);
+                    unindex(&mut self.by_ancestor, a, lsn);
                 }
                 if let Some(parent) = parent_of(p) {
-                    unindex(&mut self.by_parent, parent);
+                    unindex(&mut self.by_parent, parent, lsn);
                 }
             }
         }

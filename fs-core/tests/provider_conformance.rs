@@ -2087,18 +2087,12 @@ async fn s3_a_folder_made_here_is_listed_again_once_its_view_is_old() {
         w("v/sub", Precondition::None).await.unwrap_err(),
         ProviderError::IsADirectory(rp("v/sub"))
     );
-    assert_eq!(
-        w("v/dir", Precondition::IfNotExists).await.unwrap_err(),
-        ProviderError::AlreadyExists(rp("v/dir"))
-    );
-    assert_eq!(
-        w("v/theirs", Precondition::IfNotExists).await.unwrap_err(),
-        ProviderError::AlreadyExists(rp("v/theirs"))
-    );
-    assert_eq!(
-        w("v/link", Precondition::IfNotExists).await.unwrap_err(),
-        ProviderError::AlreadyExists(rp("v/link"))
-    );
+    for taken in ["v/dir", "v/theirs", "v/link"] {
+        assert_eq!(
+            w(taken, Precondition::IfNotExists).await.unwrap_err(),
+            ProviderError::AlreadyExists(rp(taken))
+        );
+    }
     assert_eq!(
         p.mkdir(&rp("v/theirs")).await.unwrap_err(),
         ProviderError::AlreadyExists(rp("v/theirs"))

@@ -102,8 +102,9 @@
 //! * Folders made here: a folder this provider made (its `mkdir`'s check found nothing under
 //!   it) has a view of its names ([`names`]): empty at first, renewed by one listing of the
 //!   folder (one page, up to 1000 names) once older than [`NAMES_TTL`] (60 s, the drive's
-//!   default poll interval: another tool's change is not seen sooner by the drive either), and every name this
-//!   provider writes, removes or moves in it is noted before the request goes. A write, `mkdir`
+//!   default poll interval: another tool's change is not seen sooner by the drive either),
+//!   and every name this provider writes, removes or moves in it is noted before the request
+//!   goes. A write, `mkdir`
 //!   or `symlink` at a name the fresh view has no entry for needs no listing at the name (the
 //!   folder is there, nothing is at the name); a name the view holds other than as a file this
 //!   provider wrote is checked as above. The window: what another tool puts in such a folder
@@ -181,13 +182,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::{digest, hmac};
-
-mod names;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
-pub use names::NAMES_TTL;
-use names::{FolderNames, Lookup, Named, FOLDER_NAMES_MAX};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
@@ -195,6 +192,10 @@ use super::{
     ByteStream, Capabilities, EntryKind, ListPage, ObjectAttrs, Precondition, Provider,
     ProviderError, RemoteEntry, RemotePath, Result, Version,
 };
+
+mod names;
+pub use names::NAMES_TTL;
+use names::{FolderNames, Lookup, Named, FOLDER_NAMES_MAX};
 
 /// Names of the objects written by the conditional-write probe (hidden, reserved).
 pub const PROBE_PREFIX: &str = ".syncoxide-probe-";
@@ -1756,12 +1757,12 @@ impl Inner {
                 as_of,
             })
         };
+        let Some(dir) = p.parent() else {
+            return Ok(None);
+        };
         let ticket = match self.names().lookup(p) {
             Lookup::Refresh(t) => t,
             l => return Ok(known(l)),
-        };
-        let Some(dir) = p.parent() else {
-            return Ok(None);
         };
         let asked = Instant::now();
         let prefix = self.dir_prefix(&dir);
