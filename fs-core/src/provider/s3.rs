@@ -249,6 +249,11 @@ const MAX_LINK_TARGET: u64 = 4096;
 pub const DIR_SEEN_TTL: Duration = Duration::from_secs(2);
 /// Folders remembered at most (expired ones are dropped when there are more).
 const DIRS_SEEN_MAX: usize = 4096;
+/// ETags learnt by `HEAD` for keys a server listed without one, kept at most (then forgotten
+/// all at once and learnt again).
+const LISTED_ETAGS_MAX: usize = 100_000;
+/// `HEAD`s in flight for the ETags a listing left out.
+const ETAG_HEADS_IN_FLIGHT: usize = 8;
 /// Keys asked for in the listing that checks what else is at a name before a write: enough for
 /// the usual siblings that sort between `name` and `name/` (`name.ext`, `name-2`, …).
 const NAME_PROBE_KEYS: usize = 16;
@@ -587,7 +592,7 @@ struct ListBucketResult {
     encoding_type: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct ListedObject {
     #[serde(rename = "Key")]
     key: String,
@@ -1218,6 +1223,9 @@ struct Inner {
     dirs_seen: Mutex<std::collections::HashMap<RemotePath, Instant>>,
     /// The names in the folders this provider made (see [`names`]).
     names: Mutex<FolderNames>,
+    /// For servers that list objects without their ETag (s3s-fs): key → (size, last modified
+    /// as listed, the ETag a `HEAD` gave for them). See [`Inner::listed_etag`].
+    listed_etags: Mutex<std::collections::HashMap<String, (u64, String, String)>>,
 }
 
 /// An S3 bucket (and prefix) as the remote. See the module documentation.
@@ -1318,6 +1326,7 @@ impl S3Provider {
                 probe_state: AtomicU8::new(PROBE_UNKNOWN),
                 dirs_seen: Mutex::default(),
                 names: Mutex::new(FolderNames::new(NAMES_TTL)),
+                listed_etags: Mutex::default(),
             }),
         })
     }
@@ -1356,6 +1365,7 @@ impl S3Provider {
             probe_state: AtomicU8::new(PROBE_UNKNOWN),
             dirs_seen: Mutex::default(),
             names: Mutex::new(FolderNames::new(NAMES_TTL)),
+            listed_etags: Mutex::default(),
         });
         change(&mut inner);
         S3Provider {
@@ -1624,6 +1634,42 @@ impl Inner {
             404 => Ok(None),
             _ => Err(self.client.error(p, "head", a.status, &a.body)),
         }
+    }
+
+    /// The ETag of a listed object. Some servers (s3s-fs) list objects without one; the
+    /// ETag then comes from a `HEAD`, remembered with the size and time the key was listed
+    /// with, so that listing the folder again costs no `HEAD` while those stay the same.
+    /// `None`: the key is gone. A remembered ETag that is stale (the object was replaced within
+    /// the listing's time resolution by one of the same size) is caught by the `If-Match` of
+    /// the next read, which then fails as a changed file and is looked up again.
+    async fn listed_etag(&self, p: &RemotePath, o: &ListedObject) -> Result<Option<String>> {
+        if !o.etag.is_empty() {
+            return Ok(Some(normalize_etag(&o.etag)));
+        }
+        if let Some((size, modified, etag)) = self
+            .listed_etags
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&o.key)
+        {
+            if *size == o.size && *modified == o.last_modified {
+                return Ok(Some(etag.clone()));
+            }
+        }
+        let Some(h) = self.head_key(p, &o.key).await? else {
+            return Ok(None);
+        };
+        let mut memo = self.listed_etags.lock().unwrap_or_else(|e| e.into_inner());
+        if memo.len() >= LISTED_ETAGS_MAX {
+            memo.clear();
+        }
+        if h.size == o.size {
+            memo.insert(
+                o.key.clone(),
+                (o.size, o.last_modified.clone(), h.etag.clone()),
+            );
+        }
+        Ok(Some(h.etag))
     }
 
     /// Whether any key lies under `p/` (its marker included). Fails with `Unreachable` when
@@ -2084,9 +2130,11 @@ impl Inner {
         let mut token = None;
         loop {
             let page = self.list_raw(path, prefix, false, token, None).await?;
-            for o in page.contents {
+            for o in &page.contents {
                 if let Some(rel) = o.key.strip_prefix(prefix) {
-                    out.push((rel.to_string(), normalize_etag(&o.etag)));
+                    if let Some(etag) = self.listed_etag(path, o).await? {
+                        out.push((rel.to_string(), etag));
+                    }
                 }
             }
             match page.next_continuation_token {
@@ -3104,6 +3152,7 @@ impl Provider for S3Provider {
             .await?;
         let mut entries = Vec::new();
         let mut links = Vec::new();
+        let mut unversioned = Vec::new();
         let mut marker = false;
         for o in &got.contents {
             let Some(name) = o.key.strip_prefix(&prefix) else {
@@ -3121,9 +3170,24 @@ impl Provider for S3Provider {
                 Some(stem) if !stem.is_empty() => {
                     links.push((stem.to_string(), o.key.clone(), mtime));
                 }
+                _ if o.etag.is_empty() => unversioned.push((name.to_string(), o.clone(), mtime)),
                 _ => entries.push(file_entry(name, o.size, mtime, &normalize_etag(&o.etag))),
             }
         }
+        // A server that lists no ETags: each file's comes from a HEAD (remembered).
+        let mut heads =
+            futures::stream::iter(unversioned.into_iter().map(|(name, o, mtime)| async move {
+                let p = dir.join(&name).unwrap_or_else(RemotePath::root);
+                let etag = inner.listed_etag(&p, &o).await?;
+                Ok::<_, ProviderError>(etag.map(|e| file_entry(&name, o.size, mtime, &e)))
+            }))
+            .buffered(ETAG_HEADS_IN_FLIGHT);
+        while let Some(e) = heads.next().await {
+            if let Some(e) = e? {
+                entries.push(e);
+            }
+        }
+        drop(heads);
         // A listing gives no link targets: each is read (a few at a time).
         let mut reading =
             futures::stream::iter(links.into_iter().map(|(stem, key, mtime)| async move {
