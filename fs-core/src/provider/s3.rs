@@ -6,7 +6,9 @@
 //!
 //! * A file at `a/b` is the object `<prefix>a/b`. Its version is the object's ETag, quoted, as
 //!   the server returns it; its mtime is the object's `LastModified` (whole seconds); it has no
-//!   mode (`attrs: false`).
+//!   mode (`attrs: false`). A server that lists objects without their ETag (s3s-fs) costs a
+//!   `HEAD` per file the first time it is listed; the ETag is then remembered with the listed
+//!   size and `LastModified` (a stale one is caught by the next read's `If-Match`).
 //! * A directory is a key prefix: `a/` exists if the empty *marker* object `<prefix>a/` exists
 //!   (what [`mkdir`](Provider::mkdir) writes) or any key starts with `<prefix>a/` (folders made
 //!   by other tools often have no marker). Every directory reports size 0, version `dir` and
