@@ -106,10 +106,9 @@
 //!   folder (one page, up to 1000 names) once older than [`NAMES_TTL`] (60 s, the drive's
 //!   default poll interval: another tool's change is not seen sooner by the drive either),
 //!   and every name this provider writes, removes or moves in it is noted before the request
-//!   goes. A write, `mkdir`
-//!   or `symlink` at a name the fresh view has no entry for needs no listing at the name (the
-//!   folder is there, nothing is at the name); a name the view holds other than as a file this
-//!   provider wrote is checked as above. The window: what another tool puts in such a folder
+//!   goes. A write, `mkdir` or `symlink` at a name the fresh view has no entry for needs no
+//!   listing at the name (the folder is there, nothing is at the name); a name the view holds
+//!   other than as a file this provider wrote is checked as above. The window: what another tool puts in such a folder
 //!   is seen within [`NAMES_TTL`]; a folder or link it makes at a name in that time ends up
 //!   beside the file written there (both kept, as above; a file it puts there is still caught
 //!   by `If-None-Match`). A folder with more than one page of names, or made by another tool,
@@ -1641,12 +1640,14 @@ impl Inner {
     /// The ETag of a listed object. Some servers (s3s-fs) list objects without one; the
     /// ETag then comes from a `HEAD`, remembered with the size and time the key was listed
     /// with, so that listing the folder again costs no `HEAD` while those stay the same.
-    /// `None`: the key is gone. A remembered ETag that is stale (the object was replaced within
-    /// the listing's time resolution by one of the same size) is caught by the `If-Match` of
-    /// the next read, which then fails as a changed file and is looked up again.
-    async fn listed_etag(&self, p: &RemotePath, o: &ListedObject) -> Result<Option<String>> {
+    /// The size comes with it: the `HEAD`'s, which differs from the listed one when the object
+    /// was replaced in between. `None`: the key is gone. A remembered ETag that is stale (the
+    /// object was replaced within the listing's time resolution by one of the same size) is
+    /// caught by the `If-Match` of the next read, which then fails as a changed file and is
+    /// looked up again.
+    async fn listed_etag(&self, p: &RemotePath, o: &ListedObject) -> Result<Option<(String, u64)>> {
         if !o.etag.is_empty() {
-            return Ok(Some(normalize_etag(&o.etag)));
+            return Ok(Some((normalize_etag(&o.etag), o.size)));
         }
         if let Some((size, modified, etag)) = self
             .listed_etags
@@ -1655,7 +1656,7 @@ impl Inner {
             .get(&o.key)
         {
             if *size == o.size && *modified == o.last_modified {
-                return Ok(Some(etag.clone()));
+                return Ok(Some((etag.clone(), o.size)));
             }
         }
         let Some(h) = self.head_key(p, &o.key).await? else {
@@ -1671,7 +1672,7 @@ impl Inner {
                 (o.size, o.last_modified.clone(), h.etag.clone()),
             );
         }
-        Ok(Some(h.etag))
+        Ok(Some((h.etag, h.size)))
     }
 
     /// Whether any key lies under `p/` (its marker included). Fails with `Unreachable` when
@@ -2134,7 +2135,7 @@ impl Inner {
             let page = self.list_raw(path, prefix, false, token, None).await?;
             for o in &page.contents {
                 if let Some(rel) = o.key.strip_prefix(prefix) {
-                    if let Some(etag) = self.listed_etag(path, o).await? {
+                    if let Some((etag, _)) = self.listed_etag(path, o).await? {
                         out.push((rel.to_string(), etag));
                     }
                 }
@@ -3180,8 +3181,8 @@ impl Provider for S3Provider {
         let mut heads =
             futures::stream::iter(unversioned.into_iter().map(|(name, o, mtime)| async move {
                 let p = dir.join(&name).unwrap_or_else(RemotePath::root);
-                let etag = inner.listed_etag(&p, &o).await?;
-                Ok::<_, ProviderError>(etag.map(|e| file_entry(&name, o.size, mtime, &e)))
+                let got = inner.listed_etag(&p, &o).await?;
+                Ok::<_, ProviderError>(got.map(|(e, size)| file_entry(&name, size, mtime, &e)))
             }))
             .buffered(ETAG_HEADS_IN_FLIGHT);
         while let Some(e) = heads.next().await {
